@@ -150,6 +150,9 @@ impl FrameError {
     }
 }
 
+// The UnsupportedVersion message names the version; keep it true when VERSION changes.
+const _: () = assert!(crate::frame::VERSION == 1);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +168,3 @@ mod tests {
         assert_eq!(ErrorCode::from_u16(0), None);
     }
 }
-
-// The UnsupportedVersion message names the version; keep it true when VERSION changes.
-const _: () = assert!(crate::frame::VERSION == 1);
