@@ -1,1 +1,1 @@
-//! placeholder during bring-up
+pub mod shard;

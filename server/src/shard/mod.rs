@@ -1,0 +1,3 @@
+pub mod table;
+pub mod timers;
+pub mod tokens;
