@@ -110,15 +110,6 @@ impl Decoder for ServerCodec {
     }
 }
 
-impl Encoder<(u32, &Response)> for ServerCodec {
-    type Error = FrameError;
-
-    fn encode(&mut self, item: (u32, &Response), dst: &mut BytesMut) -> Result<(), FrameError> {
-        item.1.encode(item.0, dst);
-        Ok(())
-    }
-}
-
 impl Encoder<(u32, Response)> for ServerCodec {
     type Error = FrameError;
 

@@ -261,11 +261,20 @@ pub fn format_response(request: &Request, response: &Response) -> String {
                 hello.version, hello.server_name
             );
         }
-        Response::Error(error) => {
-            let _ = write!(line, "ERR {} {}", error.code_name(), error.message);
-        }
+        Response::Error(error) => return format_error(error),
     }
     line
+}
+
+/// Formats an error reply line: `ERR CODE message`. Control characters in the message
+/// (which may quote what the client typed) are shown as `?`, so the line stays one line.
+pub fn format_error(error: &crate::ErrorReply) -> String {
+    let message: String = error
+        .message
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    format!("ERR {} {}", error.code_name(), message)
 }
 
 /// Shows bytes as typed when they are UTF-8 without whitespace or control characters,
@@ -401,5 +410,13 @@ mod tests {
         );
         let error = Response::from(ProtocolError::new(ErrorCode::KeyEmpty, "key is empty"));
         assert_eq!(format_response(&lock, &error), "ERR KEY_EMPTY key is empty");
+        let typed = Response::from(ProtocolError::new(
+            ErrorCode::UnknownCommand,
+            "unknown `a\x1bb\rc`",
+        ));
+        assert_eq!(
+            format_response(&lock, &typed),
+            "ERR UNKNOWN_COMMAND unknown `a?b?c`"
+        );
     }
 }

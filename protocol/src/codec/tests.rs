@@ -170,7 +170,7 @@ proptest! {
     #[test]
     fn every_response_round_trips(response in response_strategy(), request_id in any::<u32>()) {
         let mut bytes = BytesMut::new();
-        ServerCodec::default().encode((request_id, &response), &mut bytes).unwrap();
+        ServerCodec::default().encode((request_id, response.clone()), &mut bytes).unwrap();
         let decoded = ClientCodec::default().decode(&mut bytes).unwrap();
         prop_assert_eq!(decoded, Some((request_id, response)));
         prop_assert!(bytes.is_empty());

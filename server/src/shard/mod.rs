@@ -1,3 +1,227 @@
+//! Shards: the lock table split by key hash, each part owned by one worker thread.
+//!
+//! A connection computes the key's hash once (xxh3, stable across versions and machines, so
+//! the mapping can later be stored with a cluster), picks the shard from its high bits, and
+//! sends the request down that shard's lock-free queue (crossbeam). The worker owns its
+//! [`table::LockTable`] alone, so no lock guards lock state. Replies go back through the
+//! connection's own channel, in whatever order the shards answer.
+
 pub mod table;
 pub mod timers;
 pub mod tokens;
+mod worker;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use kahu_protocol::{Request, Response};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::data_dir::DataDir;
+use table::{ReplyTarget, TableStats};
+use tokens::TokenSource;
+
+/// Where a shard sends the reply to one request.
+#[derive(Debug)]
+pub struct ReplyTo {
+    pub connection_id: u64,
+    pub request_id: u32,
+    pub sender: UnboundedSender<(u32, Response)>,
+}
+
+impl ReplyTarget for ReplyTo {
+    fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+
+    fn is_gone(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+impl ReplyTo {
+    /// Sends the reply; a connection that has gone simply does not read it.
+    pub fn send(self, response: Response) {
+        let _ = self.sender.send((self.request_id, response));
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum ShardMessage {
+    /// A keyed request (LOCK, UNLOCK, EXTEND, GET) with the key's hash.
+    Request {
+        hash: u64,
+        request: Request,
+        reply: ReplyTo,
+    },
+    /// The connection closed: drop its waiters.
+    ConnectionClosed(u64),
+    /// The server is stopping: answer every waiter, now and from now on, with SHUTTING_DOWN.
+    Shutdown,
+}
+
+/// A shard's counters, written by its worker once per turn and read by INFO.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    values: [AtomicU64; STAT_NAMES.len()],
+}
+
+/// INFO field names of the per-shard counters, in [`ShardStats`] order.
+pub const STAT_NAMES: [&str; 11] = [
+    "keys",
+    "locks_held",
+    "waiters",
+    "grants_total",
+    "reentries_total",
+    "releases_total",
+    "expiries_total",
+    "extends_total",
+    "busy_total",
+    "wait_timeouts_total",
+    "shard_requests_total",
+];
+
+impl ShardStats {
+    fn publish(&self, keys: usize, table: &TableStats, requests_total: u64) {
+        let values = [
+            keys as u64,
+            table.locks_held,
+            table.waiters,
+            table.grants_total,
+            table.reentries_total,
+            table.releases_total,
+            table.expiries_total,
+            table.extends_total,
+            table.busy_total,
+            table.wait_timeouts_total,
+            requests_total,
+        ];
+        for (slot, value) in self.values.iter().zip(values) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The senders to every shard worker.
+#[derive(Debug)]
+pub struct ShardSet {
+    senders: Vec<Sender<ShardMessage>>,
+    stats: Vec<Arc<ShardStats>>,
+}
+
+/// Hashes a key for routing and for the shard's own index.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+/// The shard of a key hash: the high 32 bits scaled to the shard count (the low bits are
+/// left to the table's index, so the two uses do not correlate).
+pub fn shard_of(hash: u64, shard_count: usize) -> usize {
+    (((hash >> 32) * shard_count as u64) >> 32) as usize
+}
+
+impl ShardSet {
+    /// Starts `count` worker threads, all granting tokens in `epoch`.
+    pub fn start(
+        count: usize,
+        epoch: u64,
+        data_dir: Arc<DataDir>,
+        waiters_per_lock_max: usize,
+    ) -> std::io::Result<(ShardSet, Vec<JoinHandle<()>>)> {
+        let mut senders = Vec::with_capacity(count);
+        let mut stats = Vec::with_capacity(count);
+        let mut handles = Vec::with_capacity(count);
+        for id in 0..count {
+            let (sender, receiver) = crossbeam_channel::unbounded();
+            let shard_stats = Arc::new(ShardStats::default());
+            let worker = worker::ShardWorker::new(
+                receiver,
+                table::LockTable::new(TokenSource::new(epoch), waiters_per_lock_max),
+                shard_stats.clone(),
+                data_dir.clone(),
+            );
+            let handle = std::thread::Builder::new()
+                .name(format!("kahu-shard-{id}"))
+                .spawn(move || worker.run())?;
+            senders.push(sender);
+            stats.push(shard_stats);
+            handles.push(handle);
+        }
+        Ok((ShardSet { senders, stats }, handles))
+    }
+
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
+    /// Sends a keyed request to its shard. Gives the reply handle back if the shard has
+    /// stopped, so the caller can answer.
+    pub fn submit(&self, request: Request, reply: ReplyTo) -> Result<(), ReplyTo> {
+        let key = request.key().expect("only keyed requests go to shards");
+        let hash = key_hash(key);
+        let shard = &self.senders[shard_of(hash, self.senders.len())];
+        shard
+            .send(ShardMessage::Request {
+                hash,
+                request,
+                reply,
+            })
+            .map_err(|error| match error.0 {
+                ShardMessage::Request { reply, .. } => reply,
+                _ => unreachable!("sent a request"),
+            })
+    }
+
+    /// Tells every shard that a connection closed, so its waiters are dropped.
+    pub fn connection_closed(&self, connection_id: u64) {
+        for sender in &self.senders {
+            let _ = sender.send(ShardMessage::ConnectionClosed(connection_id));
+        }
+    }
+
+    pub fn shutdown(&self) {
+        for sender in &self.senders {
+            let _ = sender.send(ShardMessage::Shutdown);
+        }
+    }
+
+    /// Every shard counter summed, as INFO fields.
+    pub fn stats(&self) -> Vec<(String, u64)> {
+        STAT_NAMES
+            .iter()
+            .enumerate()
+            .map(|(index, name)| {
+                let sum = self
+                    .stats
+                    .iter()
+                    .map(|stats| stats.values[index].load(Ordering::Relaxed))
+                    .sum();
+                (name.to_string(), sum)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_spread_over_every_shard() {
+        let mut counts = [0usize; 4];
+        for key in 0..4000 {
+            counts[shard_of(key_hash(format!("lock-{key}").as_bytes()), 4)] += 1;
+        }
+        for count in counts {
+            assert!((800..1200).contains(&count), "{counts:?}");
+        }
+        assert_eq!(shard_of(u64::MAX, 7), 6);
+        assert_eq!(shard_of(0, 7), 0);
+    }
+}

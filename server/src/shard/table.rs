@@ -385,12 +385,12 @@ impl<R: ReplyTarget> LockTable<R> {
         if slot.holder.is_some() || !slot.waiters.is_empty() {
             return;
         }
-        let entry = self
-            .index
-            .find_entry(slot.hash, |&i| i == index)
-            .ok()
-            .expect("a slot in use is in the index");
-        entry.remove();
+        match self.index.find_entry(slot.hash, |&i| i == index) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => panic!("slot {index} is in use but not in the index"),
+        }
         slot.generation = slot.generation.wrapping_add(1);
         slot.key = Box::default();
         slot.last_token = 0;

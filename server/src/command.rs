@@ -1,0 +1,80 @@
+//! What happens to a request once decoded, whichever encoding it came in: answered on the
+//! connection's task (HELLO, PING, INFO, and requests this server refuses), or sent to the
+//! shard that owns its key.
+
+use kahu_protocol::{
+    limits, Durability, ErrorCode, HelloOk, InfoReply, ProtocolError, Request, Response, VERSION,
+};
+
+use crate::server::Shared;
+
+/// Where a request goes.
+#[derive(Debug)]
+pub enum Routed {
+    /// The answer, ready now.
+    Local(Response),
+    /// A keyed request for its shard.
+    Shard(Request),
+}
+
+pub fn route(request: Request, shared: &Shared) -> Routed {
+    match request {
+        Request::Ping => Routed::Local(Response::Pong),
+        Request::Info => Routed::Local(Response::Info(info(shared))),
+        Request::Hello(hello) => Routed::Local(
+            if (hello.version_min..=hello.version_max).contains(&VERSION) {
+                Response::HelloOk(hello_ok(shared))
+            } else {
+                ProtocolError::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "client speaks versions {}..={}; this server speaks version {VERSION}",
+                        hello.version_min, hello.version_max
+                    ),
+                )
+                .into()
+            },
+        ),
+        Request::Lock(lock) if lock.durability == Durability::Persistent => Routed::Local(
+            ProtocolError::new(
+                ErrorCode::Unsupported,
+                "persistent locks need the write-ahead log, which this server does not have yet; \
+                 ask for durability ephemeral",
+            )
+            .into(),
+        ),
+        keyed => Routed::Shard(keyed),
+    }
+}
+
+fn hello_ok(shared: &Shared) -> HelloOk {
+    HelloOk {
+        version: VERSION,
+        server_name: format!("kahu/{}", env!("CARGO_PKG_VERSION")),
+        shard_count: shared.shards.len() as u16,
+        frame_bytes_max: limits::FRAME_BYTES_MAX as u32,
+        key_bytes_max: limits::KEY_BYTES_MAX as u16,
+        owner_bytes_max: limits::OWNER_BYTES_MAX as u16,
+        ttl_ms_max: limits::TTL_MS_MAX,
+        wait_ms_max: limits::WAIT_MS_MAX,
+    }
+}
+
+fn info(shared: &Shared) -> InfoReply {
+    let mut fields = vec![
+        (
+            "uptime_ms".to_string(),
+            shared.started.elapsed().as_millis() as u64,
+        ),
+        ("epoch".to_string(), shared.epoch),
+        ("shards".to_string(), shared.shards.len() as u64),
+        ("connections".to_string(), shared.connections.current()),
+        ("connections_total".to_string(), shared.connections.total()),
+        (
+            "connections_refused_total".to_string(),
+            shared.connections.refused(),
+        ),
+    ];
+    fields.extend(shared.shards.stats());
+    InfoReply { fields }
+}

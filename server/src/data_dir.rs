@@ -1,0 +1,176 @@
+//! The data directory: held by one server at a time, and home of the epoch.
+//!
+//! Until the write-ahead log lands, the lock table lives in memory, but fencing tokens must
+//! still never repeat across restarts. The epoch is the high part of every token (see
+//! `shard/tokens.rs`); it is stored in `epoch` and raised before any token of a new run is
+//! handed out, so every token of this run is larger than every token of any earlier run.
+//!
+//! Files:
+//! - `LOCK`: held with an exclusive advisory lock (`flock`) for the life of the server; a
+//!   second server on the same directory exits with a message naming the directory.
+//! - `epoch`: one line, the highest epoch ever handed out, in decimal. Written atomically:
+//!   `epoch.tmp` is written and fsynced, renamed over `epoch`, then the directory is fsynced.
+//!   A crash at any point leaves either the old or the new value, never a torn one.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::shard::tokens::EPOCH_MAX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("cannot create data directory {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("data directory {path} is in use by another kahu-server (its LOCK file is held); stop that server or choose another --data-dir")]
+    InUse { path: PathBuf },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("{path} is corrupt: expected one decimal number, found {found:?}")]
+    CorruptEpoch { path: PathBuf, found: String },
+    #[error("epoch space exhausted in {path}: every epoch up to {EPOCH_MAX} was used")]
+    EpochsExhausted { path: PathBuf },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// An open data directory. Dropping it releases the directory lock.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    _lock: File,
+    /// Serialises read-raise-write of the epoch between shard workers (a rare path: at
+    /// start, and once per 2^40 grants of a shard).
+    epoch_update: Mutex<()>,
+}
+
+impl DataDir {
+    /// Creates the directory if missing and takes its lock.
+    pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
+        fs::create_dir_all(path).map_err(|source| DataDirError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let lock_path = path.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| DataDirError::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(DataDirError::InUse {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(DataDirError::Lock {
+                    path: lock_path,
+                    source,
+                })
+            }
+        }
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            _lock: lock,
+            epoch_update: Mutex::new(()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Raises the stored epoch by one, durably, and returns the new value.
+    pub fn next_epoch(&self) -> Result<u64, DataDirError> {
+        let _serialised = self
+            .epoch_update
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let path = self.path.join("epoch");
+        let current = match fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| DataDirError::CorruptEpoch {
+                    path: path.clone(),
+                    found: text.chars().take(40).collect(),
+                })?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
+            Err(source) => return Err(DataDirError::Read { path, source }),
+        };
+        if current >= EPOCH_MAX {
+            return Err(DataDirError::EpochsExhausted { path });
+        }
+        let next = current + 1;
+        self.write_atomically("epoch", format!("{next}\n").as_bytes())?;
+        Ok(next)
+    }
+
+    fn write_atomically(&self, name: &str, contents: &[u8]) -> Result<(), DataDirError> {
+        let path = self.path.join(name);
+        let temporary = self.path.join(format!("{name}.tmp"));
+        let write = || -> io::Result<()> {
+            let mut file = File::create(&temporary)?;
+            file.write_all(contents)?;
+            file.sync_all()?;
+            fs::rename(&temporary, &path)?;
+            File::open(&self.path)?.sync_all()
+        };
+        write().map_err(|source| DataDirError::Write { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_grow_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDir::open(dir.path()).unwrap().next_epoch().unwrap();
+        let second = DataDir::open(dir.path()).unwrap().next_epoch().unwrap();
+        assert_eq!(first, 1);
+        assert_eq!(second, 2);
+        assert_eq!(fs::read_to_string(dir.path().join("epoch")).unwrap(), "2\n");
+    }
+
+    #[test]
+    fn a_second_server_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = DataDir::open(dir.path()).unwrap();
+        let second = DataDir::open(dir.path()).unwrap_err();
+        assert!(matches!(second, DataDirError::InUse { .. }), "{second}");
+        assert!(second.to_string().contains("in use by another kahu-server"));
+    }
+
+    #[test]
+    fn a_corrupt_epoch_is_reported_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("epoch"), "seven\n").unwrap();
+        let error = DataDir::open(dir.path()).unwrap().next_epoch().unwrap_err();
+        assert!(
+            matches!(error, DataDirError::CorruptEpoch { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_exhausted_epoch_space_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("epoch"), format!("{EPOCH_MAX}\n")).unwrap();
+        let error = DataDir::open(dir.path()).unwrap().next_epoch().unwrap_err();
+        assert!(
+            matches!(error, DataDirError::EpochsExhausted { .. }),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! A binary connection: length-prefixed frames, many requests in flight, replies in the
+//! order the shards produce them.
+//!
+//! One task reads and writes. It reads every frame already buffered before it writes, and
+//! writes every reply already returned before it flushes, so a pipelining client costs one
+//! read and one write syscall per batch, not per request. It stops reading while
+//! `requests_in_flight_max` requests are unanswered, which bounds what one client can make
+//! the server hold. A frame with a bad body is answered with an ERROR for its request id;
+//! a bad header is answered with an ERROR for request id 0 and ends the connection.
+
+use std::time::Duration;
+
+use futures::{FutureExt, SinkExt, StreamExt};
+use kahu_protocol::{
+    ErrorCode, FrameError, Incoming, ProtocolError, Request, Response, ServerCodec,
+};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::command::{route, Routed};
+use crate::server::Shared;
+use crate::shard::ReplyTo;
+
+type Writer = FramedWrite<OwnedWriteHalf, ServerCodec>;
+
+/// Serves one binary connection. Returns true if it ever queued a waiting LOCK, so the
+/// caller tells the shards to drop its waiters.
+pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64) -> bool {
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FramedRead::new(read_half, ServerCodec::default());
+    let mut writer = FramedWrite::new(write_half, ServerCodec::default());
+    let (sender, mut replies) = mpsc::unbounded_channel();
+    let mut session = Session {
+        shared,
+        connection_id,
+        sender,
+        in_flight: 0,
+        waited: false,
+    };
+    let mut shutdown = shared.shutdown.clone();
+    let mut stopping = *shutdown.borrow();
+    let idle = shared.connection_idle.unwrap_or(Duration::MAX);
+    let idle_timer = tokio::time::sleep(idle.min(Duration::from_secs(86_400 * 365)));
+    tokio::pin!(idle_timer);
+
+    let result: Result<(), FrameError> = async {
+        loop {
+            if stopping && session.in_flight == 0 {
+                return Ok(());
+            }
+            let can_read = !stopping && session.in_flight < shared.requests_in_flight_max;
+            tokio::select! {
+                biased;
+                Some(reply) = replies.recv() => {
+                    writer.feed(reply).await?;
+                    session.in_flight -= 1;
+                    while let Ok(reply) = replies.try_recv() {
+                        writer.feed(reply).await?;
+                        session.in_flight -= 1;
+                    }
+                    writer.flush().await?;
+                }
+                frame = reader.next(), if can_read => {
+                    let Some(frame) = frame else { return Ok(()) };
+                    session.handle(frame, &mut writer).await?;
+                    // Take every frame already buffered before writing once.
+                    while session.in_flight < shared.requests_in_flight_max {
+                        match reader.next().now_or_never() {
+                            Some(Some(frame)) => session.handle(frame, &mut writer).await?,
+                            Some(None) => return Ok(()),
+                            None => break,
+                        }
+                    }
+                    writer.flush().await?;
+                    idle_timer.as_mut().reset(Instant::now() + idle);
+                }
+                _ = crate::server::stopping(&mut shutdown), if !stopping => stopping = true,
+                _ = &mut idle_timer, if session.in_flight == 0 && shared.connection_idle.is_some() => {
+                    tracing::debug!(connection_id, "closing idle connection");
+                    return Ok(());
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::debug!(connection_id, %error, "binary connection ended");
+    }
+    session.waited
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    connection_id: u64,
+    sender: mpsc::UnboundedSender<(u32, Response)>,
+    in_flight: usize,
+    waited: bool,
+}
+
+impl Session<'_> {
+    /// Handles one decoded frame: answers it now or sends it to its shard. A frame error
+    /// is answered, then returned to end the connection.
+    async fn handle(
+        &mut self,
+        frame: Result<Incoming, FrameError>,
+        writer: &mut Writer,
+    ) -> Result<(), FrameError> {
+        match frame {
+            Ok(Incoming::Request {
+                request_id,
+                request,
+            }) => self.dispatch(request_id, request, writer).await,
+            Ok(Incoming::Invalid { request_id, error }) => {
+                writer.feed((request_id, Response::from(error))).await
+            }
+            Err(error) => {
+                if let Some(answer) = error.to_protocol_error() {
+                    let _ = writer.send((0, Response::from(answer))).await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn dispatch(
+        &mut self,
+        request_id: u32,
+        request: Request,
+        writer: &mut Writer,
+    ) -> Result<(), FrameError> {
+        let request = match route(request, self.shared) {
+            Routed::Local(response) => return writer.feed((request_id, response)).await,
+            Routed::Shard(request) => request,
+        };
+        if matches!(&request, Request::Lock(lock) if lock.wait_ms > 0) {
+            self.waited = true;
+        }
+        let reply = ReplyTo {
+            connection_id: self.connection_id,
+            request_id,
+            sender: self.sender.clone(),
+        };
+        match self.shared.shards.submit(request, reply) {
+            Ok(()) => {
+                self.in_flight += 1;
+                Ok(())
+            }
+            Err(_) => {
+                let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
+                writer.feed((request_id, Response::from(error))).await
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Starting and stopping a server: the data directory, the shard workers, the acceptor.
+//!
+//! Shutdown (SIGINT/SIGTERM in the binary, [`RunningServer::shutdown`] in tests): stop
+//! accepting; connections stop reading new requests; shards answer every waiting LOCK with
+//! SHUTTING_DOWN; connections write every reply still owed and close; then the shard
+//! workers see their queues close and exit. Nothing in flight is left unanswered.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle as TaskHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::data_dir::{DataDir, DataDirError};
+use crate::net;
+use crate::shard::ShardSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start shard workers: {0}")]
+    Workers(std::io::Error),
+}
+
+/// Connection counts, shared by the acceptor and INFO.
+#[derive(Debug, Default)]
+pub struct ConnectionCounts {
+    current: AtomicU64,
+    total: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl ConnectionCounts {
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::Relaxed)
+    }
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection; returns false when it is over `max`.
+    pub fn open(&self, max: usize) -> bool {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let current = self.current.fetch_add(1, Ordering::Relaxed) + 1;
+        if current > max as u64 {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub fn close(&self) {
+        self.current.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What every connection task needs.
+#[derive(Debug)]
+pub struct Shared {
+    pub shards: ShardSet,
+    pub epoch: u64,
+    pub started: Instant,
+    pub connections: ConnectionCounts,
+    pub next_connection_id: AtomicU64,
+    pub connections_max: usize,
+    pub requests_in_flight_max: usize,
+    /// `None`: idle connections stay open.
+    pub connection_idle: Option<Duration>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The entry point for embedding or testing a server.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Validates `config`, takes the data directory, starts the shard workers and begins
+    /// accepting connections on the current tokio runtime.
+    pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+        config.validate()?;
+        let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
+        let epoch = data_dir.next_epoch()?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    address: config.listen,
+                    source,
+                })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                address: config.listen,
+                source,
+            })?;
+        let (shards, workers) = ShardSet::start(
+            config.shard_count(),
+            epoch,
+            data_dir.clone(),
+            config.waiters_per_lock_max,
+        )
+        .map_err(ServerError::Workers)?;
+        let (shutdown_sender, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            shards,
+            epoch,
+            started: Instant::now(),
+            connections: ConnectionCounts::default(),
+            next_connection_id: AtomicU64::new(1),
+            connections_max: config.connections_max,
+            requests_in_flight_max: config.requests_in_flight_max,
+            connection_idle: (config.connection_idle_ms > 0)
+                .then(|| Duration::from_millis(config.connection_idle_ms)),
+            shutdown,
+        });
+        let tracker = TaskTracker::new();
+        let acceptor = tokio::spawn(net::accept_loop(listener, shared.clone(), tracker.clone()));
+        tracing::info!(
+            address = %local_addr,
+            data_dir = %data_dir.path().display(),
+            shards = shared.shards.len(),
+            epoch,
+            "kahu-server started"
+        );
+        Ok(RunningServer {
+            local_addr,
+            epoch,
+            shutdown_sender,
+            acceptor,
+            tracker,
+            workers,
+            shared,
+        })
+    }
+}
+
+/// A started server. Stop it with [`RunningServer::shutdown`].
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    epoch: u64,
+    shutdown_sender: watch::Sender<bool>,
+    acceptor: TaskHandle<()>,
+    tracker: TaskTracker,
+    workers: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl RunningServer {
+    /// The address the server listens on (with the port the OS chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The token epoch of this run: every token it grants is above `epoch << 40`.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Stops accepting, answers everything in flight, closes every connection and waits
+    /// for the shard workers to exit.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_sender.send(true);
+        let _ = self.acceptor.await;
+        self.shared.shards.shutdown();
+        self.tracker.close();
+        self.tracker.wait().await;
+        drop(self.shared);
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
+        tracing::info!("kahu-server stopped");
+    }
+}
+
+/// Resolves once the server is stopping. (A helper rather than `wait_for` inline, whose
+/// guard would make the caller's future not `Send`.)
+pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
