@@ -1,0 +1,147 @@
+//! Server-wide behaviour: connection limits, idle connections, disconnects and shutdown.
+
+use std::time::Duration;
+
+use kahu_protocol::{ErrorCode, Request, Response};
+use kahu_tests::{get, lock, token, within, RawClient, TestServer, TextClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_in_their_own_encoding() {
+    let server = TestServer::start_with(|config| config.connections_max = 2).await;
+    let mut first = RawClient::connect(server.addr()).await;
+    let mut second = TextClient::connect(server.addr()).await;
+    assert_eq!(first.call(1, &Request::Ping).await, Response::Pong);
+    assert_eq!(second.command("PING").await, "PONG");
+
+    let mut refused_binary = RawClient::connect(server.addr()).await;
+    refused_binary.send(1, &Request::Ping).await;
+    match refused_binary.receive().await {
+        Some((0, Response::Error(error))) => {
+            assert_eq!(error.code, Some(ErrorCode::TooManyConnections))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(refused_binary.receive().await, None);
+
+    let mut refused_text = TextClient::connect(server.addr()).await;
+    refused_text.write(b"PING\r\n").await;
+    assert!(refused_text
+        .line()
+        .await
+        .unwrap()
+        .starts_with("ERR TOO_MANY_CONNECTIONS"));
+    assert_eq!(refused_text.line().await, None);
+
+    // Those admitted are unaffected, and a slot frees when one leaves.
+    assert_eq!(first.call(2, &Request::Ping).await, Response::Pong);
+    drop(second);
+    let mut admitted = None;
+    for _ in 0..200 {
+        let mut client = RawClient::connect(server.addr()).await;
+        client.send(1, &Request::Ping).await;
+        if let Some((1, Response::Pong)) = client.receive().await {
+            admitted = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(admitted.is_some(), "a freed slot is reused");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_their_locks_stay() {
+    let server = TestServer::start_with(|config| config.connection_idle_ms = 200).await;
+    let mut client = RawClient::connect(server.addr()).await;
+    let held = token(&client.call(1, &lock("k", "sleepy", 60_000, 0)).await);
+    assert_eq!(client.receive().await, None, "closed after idling");
+    let mut other = RawClient::connect(server.addr()).await;
+    match other.call(1, &get("k")).await {
+        Response::LockInfo(info) => assert_eq!(info.token, held),
+        response => panic!("{response:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_keeps_its_lock_until_the_lease_ends() {
+    let server = TestServer::start().await;
+    let mut crashed = RawClient::connect(server.addr()).await;
+    let first = token(&crashed.call(1, &lock("k", "crashed", 300, 0)).await);
+    drop(crashed); // the process died: no UNLOCK
+
+    let mut next = RawClient::connect(server.addr()).await;
+    assert!(matches!(
+        next.call(1, &lock("k", "next", 60_000, 0)).await,
+        Response::Busy(_)
+    ));
+    // Waiting on the server: granted when the dead holder's lease ends, with a larger token.
+    let started = std::time::Instant::now();
+    let second = token(&next.call(2, &lock("k", "next", 60_000, 5_000)).await);
+    assert!(second > first);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_client_disconnects_is_never_granted() {
+    let server = TestServer::start().await;
+    let mut holder = RawClient::connect(server.addr()).await;
+    token(&holder.call(1, &lock("k", "holder", 60_000, 0)).await);
+    let mut leaving = RawClient::connect(server.addr()).await;
+    leaving.send(1, &lock("k", "leaving", 60_000, 10_000)).await;
+    let mut staying = RawClient::connect(server.addr()).await;
+    staying.send(1, &lock("k", "staying", 60_000, 10_000)).await;
+    wait_for_waiters(&mut holder, 2).await;
+
+    drop(leaving);
+    wait_for_waiters(&mut holder, 1).await;
+    assert!(matches!(
+        holder.call(3, &kahu_tests::unlock("k", "holder")).await,
+        Response::Released(_)
+    ));
+    let (_, response) = staying.receive().await.expect("granted");
+    token(&response);
+    match holder.call(4, &get("k")).await {
+        Response::LockInfo(info) => assert_eq!(info.owner, "staying"),
+        other => panic!("{other:?}"),
+    }
+    server.stop().await;
+}
+
+async fn wait_for_waiters(client: &mut RawClient, expected: u32) {
+    for attempt in 0..500 {
+        if let Response::LockInfo(info) = client.call(100 + attempt, &get("k")).await {
+            if info.waiters == expected {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never saw {expected} waiters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_waiting_requests_before_closing() {
+    let server = TestServer::start().await;
+    let mut holder = RawClient::connect(server.addr()).await;
+    token(&holder.call(1, &lock("k", "holder", 60_000, 0)).await);
+    let mut waiter = RawClient::connect(server.addr()).await;
+    waiter.send(7, &lock("k", "waiter", 60_000, 30_000)).await;
+    let mut text_waiter = TextClient::connect(server.addr()).await;
+    text_waiter.write(b"LOCK k 60000 WAIT 30000\r\n").await;
+    wait_for_waiters(&mut holder, 2).await;
+
+    let stopping = tokio::spawn(server.stop());
+    match waiter.receive().await {
+        Some((7, Response::Error(error))) => assert_eq!(error.code, Some(ErrorCode::ShuttingDown)),
+        other => panic!("{other:?}"),
+    }
+    assert!(text_waiter
+        .line()
+        .await
+        .unwrap()
+        .starts_with("ERR SHUTTING_DOWN"));
+    assert_eq!(waiter.receive().await, None);
+    within("shutdown", stopping).await.expect("shutdown task");
+}
