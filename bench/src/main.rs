@@ -1,1 +1,141 @@
-fn main() {}
+//! kahu-bench: closed-loop latency of acquire + release against a running server.
+//!
+//! Each connection owns distinct keys and loops LOCK then UNLOCK, one request in flight,
+//! timing every request into its own HdrHistogram; the histograms are merged at the end.
+//! This is the first workload; open-loop rates, pipelining, contention, the echo floor and
+//! the Redis comparison come with the benchmark issue.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use kahu_protocol::{ClientCodec, Durability, Lock, Request, Response, Unlock};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kahu-bench",
+    version,
+    about = "Closed-loop acquire/release latency against a kahu server"
+)]
+struct Options {
+    /// Server address.
+    #[arg(short = 'c', long, env = "KAHU_ADDR", default_value = "127.0.0.1:8002")]
+    connection_source: SocketAddr,
+    /// Concurrent connections, one request in flight each.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds to run before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Lease of each lock, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    ttl_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct WorkerResult {
+    histogram: Option<Histogram<u64>>,
+    errors: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let options = Options::parse();
+    let warmup_end = Instant::now() + Duration::from_secs_f64(options.warmup);
+    let end = warmup_end + Duration::from_secs_f64(options.duration);
+    let mut workers = Vec::new();
+    for worker in 0..options.connections {
+        let stream = TcpStream::connect(options.connection_source).await?;
+        stream.set_nodelay(true)?;
+        workers.push(tokio::spawn(run_worker(
+            stream,
+            worker,
+            options.ttl_ms,
+            warmup_end,
+            end,
+        )));
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for worker in workers {
+        let result = worker.await??;
+        errors += result.errors;
+        if let Some(worker_histogram) = result.histogram {
+            histogram.add(worker_histogram)?;
+        }
+    }
+    let ops = histogram.len();
+    println!(
+        "workload=acquire-release connections={} duration_s={} ttl_ms={}",
+        options.connections, options.duration, options.ttl_ms
+    );
+    println!(
+        "ops={ops} errors={errors} ops_per_sec={:.0}",
+        ops as f64 / options.duration
+    );
+    for (name, quantile) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+        println!("{name}_us={}", histogram.value_at_quantile(quantile));
+    }
+    println!("max_us={}", histogram.max());
+    Ok(())
+}
+
+async fn run_worker(
+    stream: TcpStream,
+    worker: usize,
+    ttl_ms: u64,
+    warmup_end: Instant,
+    end: Instant,
+) -> Result<WorkerResult, std::io::Error> {
+    let mut framed = Framed::new(stream, ClientCodec::default());
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let owner = Bytes::from(format!("bench-{worker}"));
+    let key = Bytes::from(format!("bench-key-{worker}"));
+    let lock = Request::Lock(Lock {
+        key: key.clone(),
+        owner: owner.clone(),
+        ttl_ms,
+        wait_ms: 0,
+        durability: Durability::Ephemeral,
+        if_not_held: false,
+    });
+    let unlock = Request::Unlock(Unlock { key, owner });
+    let mut errors = 0;
+    let mut request_id = 0u32;
+    loop {
+        for request in [&lock, &unlock] {
+            let started = Instant::now();
+            if started >= end {
+                return Ok(WorkerResult {
+                    histogram: Some(histogram),
+                    errors,
+                });
+            }
+            request_id = request_id.wrapping_add(1);
+            framed
+                .send((request_id, request))
+                .await
+                .map_err(|error| std::io::Error::other(error.to_string()))?;
+            let response = match framed.next().await {
+                Some(Ok((_, response))) => response,
+                Some(Err(error)) => return Err(std::io::Error::other(error.to_string())),
+                None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            };
+            if matches!(response, Response::Error(_) | Response::Busy(_)) {
+                errors += 1;
+            }
+            if started >= warmup_end {
+                let micros = started.elapsed().as_micros() as u64;
+                histogram.saturating_record(micros.max(1));
+            }
+        }
+    }
+}
