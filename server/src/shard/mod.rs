@@ -144,7 +144,7 @@ impl ShardSet {
             );
             let handle = std::thread::Builder::new()
                 .name(format!("kahu-shard-{id}"))
-                .spawn(move || worker.run())?;
+                .spawn(move || run_or_abort(id, worker))?;
             senders.push(sender);
             stats.push(shard_stats);
             handles.push(handle);
@@ -205,6 +205,16 @@ impl ShardSet {
                 (name.to_string(), sum)
             })
             .collect()
+    }
+}
+
+/// Runs a worker; a panic in it is a bug that has lost that shard's lock state, so the
+/// process stops at once rather than serve with a shard missing (and hang shutdown on
+/// replies that will never come).
+fn run_or_abort(id: usize, worker: worker::ShardWorker) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())).is_err() {
+        tracing::error!(shard = id, "shard worker panicked; aborting");
+        std::process::abort();
     }
 }
 
