@@ -1,1 +1,70 @@
+//! The kahu client: named locks with leases and fencing tokens, over one multiplexed
+//! connection to a kahu server.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! # async fn fetch_from_queue_and_process(token: Option<u64>) -> Result<(), kahu_client::Error> { Ok(()) }
+//! # async fn worker() -> Result<(), kahu_client::Error> {
+//! // a job scheduler worker
+//! let client = kahu_client::Client::connect("localhost:8002").await?;
+//! let lock = client.lock("job-queue-lock")
+//!     .ttl(Duration::from_secs(10))      // lease: freed automatically if we die
+//!     .wait(Duration::from_secs(8))      // queue on the server for up to 8 s
+//!     .acquire().await?;
+//! if lock.is_acquired() {
+//!     fetch_from_queue_and_process(lock.fencing_token()).await?;
+//! }   // dropping the guard releases the lock
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! - [`Client::connect`] opens one TCP connection (TCP_NODELAY) and says HELLO; the
+//!   server's answer (name, shard count, limits) stays available as
+//!   [`Client::server_hello`]. A `Client` is cheap to clone; every clone shares the
+//!   connection, and requests from all of them are pipelined on it with request ids, so a
+//!   LOCK waiting on the server never holds up a GET sent after it.
+//! - When the connection breaks, every request in flight fails with a retryable
+//!   [`Error::ConnectionLost`] (it may or may not have been applied) and the next request
+//!   reconnects, with bounded attempts and backoff.
+//! - Every request has a timeout ([`ClientOptions::request_timeout`], default 5 s); a LOCK
+//!   that queues on the server gets its wait on top.
+//! - Requests are checked against the protocol's limits before they are sent, so an empty
+//!   key or an out-of-range ttl is an [`Error::InvalidRequest`] that never reaches the
+//!   server.
+//!
+//! # Locks
+//!
+//! [`Client::lock`] returns a [`LockBuilder`]; its `acquire` returns a [`LockGuard`].
+//! Not getting the lock within the wait is not an error: check
+//! [`LockGuard::is_acquired`]. A guard holds a lease: if the process dies or stalls, the
+//! server frees the lock when the lease ends, and the next holder gets a larger
+//! [`LockGuard::fencing_token`]. Pass the token to the storage the lock protects, so it can
+//! reject a holder whose lease ran out while it was paused.
+//!
+//! Each `Client` has its own unique owner by default, so a LOCK by a client that already
+//! holds the lock is an idempotent re-acquire (same token, lease reset) and two clients
+//! never share a lock by accident. [`LockBuilder::if_not_held`] refuses even the current
+//! owner; `kahu-cli` uses it because every run by one user on one host shares an owner.
+//!
+//! Lock operations by key and owner, without a guard: [`Client::unlock`],
+//! [`Client::extend`], [`Client::get`]; and [`Client::ping`], [`Client::info`].
 
+mod client;
+mod driver;
+mod error;
+mod identity;
+mod lock;
+mod options;
+mod outcome;
+
+pub use client::Client;
+pub use error::Error;
+pub use identity::{host_name, user_name};
+pub use lock::{LockBuilder, LockGuard};
+pub use options::ClientOptions;
+pub use outcome::{ExtendOutcome, HeldLock, Holder, LockState, UnlockOutcome};
+
+pub use kahu_protocol::{Durability, ErrorClass, ErrorCode, ErrorReply, HelloOk, InfoReply};

@@ -27,7 +27,10 @@ fn dumps() -> Vec<(char, Vec<u8>)> {
     let mut in_dump = false;
     for line in PROTOCOL_MD.lines() {
         let trimmed = line.trim_start();
-        if let Some(rest) = line.strip_prefix("C: ").or_else(|| line.strip_prefix("S: ")) {
+        if let Some(rest) = line
+            .strip_prefix("C: ")
+            .or_else(|| line.strip_prefix("S: "))
+        {
             in_dump = rest.starts_with("cb ");
             if in_dump {
                 dumps.push((line.chars().next().unwrap(), hex_tokens(rest)));
@@ -61,6 +64,10 @@ fn every_hex_dump_in_protocol_md_is_one_valid_frame() {
                 other => panic!("{context}\n  decodes as {other:?}"),
             },
         }
-        assert!(buffer.is_empty(), "{context}\n  has {} bytes past its frame", buffer.len());
+        assert!(
+            buffer.is_empty(),
+            "{context}\n  has {} bytes past its frame",
+            buffer.len()
+        );
     }
 }

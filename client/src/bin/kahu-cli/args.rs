@@ -1,0 +1,308 @@
+//! `kahu-cli`'s flags (clap), and the one action they ask for.
+//!
+//! At most one command flag (`--lock`, `--unlock`, `--extend-lock`, `--get-lock`, `--ping`,
+//! `--info`); none starts the interactive shell. Every usage error, including the checks
+//! done here rather than by clap (`--expires` with `--lock`; `--wait` only with `--lock`,
+//! since clap's `requires` is satisfied by any member of a group, clap-rs/clap#4707), exits
+//! with code 2 through clap.
+
+use clap::error::ErrorKind;
+use clap::{ArgGroup, CommandFactory, Parser, ValueEnum};
+use kahu_client::Durability;
+
+/// Shown at the end of `--help`.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  done (lock acquired, released, extended; lock held for --get-lock)
+  1  not acquired, not owner, not held
+  2  usage error (bad flags or values)
+  3  cannot connect to the server
+  4  server or protocol error (the server refused the request, the connection broke, timeout)
+
+Owner:
+  The default owner is $KAHU_OWNER, else USER@HOST: the same for every run by one user on one
+  host, so --unlock in a later run releases what --lock took. --lock therefore refuses a lock
+  its own owner already holds (a second copy of a script gets \"not acquired\", not the lock).
+
+Leases:
+  --lock never releases on exit: the lock lives until its lease (--expires) ends or --unlock.
+  The shell (no command flag) releases the locks it took when it exits.
+
+Example:
+  IS_ACQUIRED=$(kahu-cli --lock backup-lock --expires 60000 --format json | jq .isAcquired)
+  [ \"$IS_ACQUIRED\" = \"true\" ] || { echo \"Backup is already running!\"; exit 1; }
+  pg_dump ...
+  kahu-cli --unlock backup-lock --format json";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kahu-cli",
+    version,
+    about = "Take, release and inspect kahu locks from scripts, or from an interactive shell",
+    after_help = AFTER_HELP
+)]
+#[command(group(
+    ArgGroup::new("command")
+        .args(["lock", "unlock", "extend_lock", "get_lock", "ping", "info"])
+        .multiple(false)
+))]
+pub struct Args {
+    /// Server address (host:port)
+    #[arg(
+        short = 'c',
+        long,
+        env = "KAHU_ADDR",
+        default_value = "127.0.0.1:8002",
+        value_name = "ADDR"
+    )]
+    pub connection_source: String,
+
+    /// Take lock K for --expires milliseconds; the lock is not released on exit
+    #[arg(long, value_name = "K")]
+    pub lock: Option<String>,
+
+    /// Release lock K if the owner holds it
+    #[arg(long, value_name = "K")]
+    pub unlock: Option<String>,
+
+    /// Set the lease of lock K to --expires milliseconds from now, if the owner holds it
+    #[arg(long, value_name = "K")]
+    pub extend_lock: Option<String>,
+
+    /// Show who holds lock K
+    #[arg(long, value_name = "K")]
+    pub get_lock: Option<String>,
+
+    /// Check that the server answers, and show the round trip time
+    #[arg(long)]
+    pub ping: bool,
+
+    /// Show the server's name, limits and statistics
+    #[arg(long)]
+    pub info: bool,
+
+    /// Lease in milliseconds, for --lock and --extend-lock
+    #[arg(long, value_name = "MS")]
+    pub expires: Option<u64>,
+
+    // The `[default: ...]` help texts are attributes, not doc comments, so rustdoc does not
+    // read them as links.
+    #[arg(
+        long,
+        value_name = "MS",
+        help = "With --lock: wait up to MS milliseconds for the lock, queued on the server [default: 0]"
+    )]
+    pub wait: Option<u64>,
+
+    #[arg(
+        long,
+        value_name = "MS",
+        help = "With --lock --wait: polling interval in milliseconds, used only when the server \
+                cannot queue the request [default: 100]"
+    )]
+    pub retry: Option<u64>,
+
+    #[arg(
+        long,
+        env = "KAHU_OWNER",
+        value_name = "O",
+        help = "Lock owner [default: USER@HOST]"
+    )]
+    pub owner: Option<String>,
+
+    /// Where --lock keeps the lock (persistent needs a server with a write-ahead log)
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Ephemeral)]
+    pub durability: DurabilityArg,
+
+    /// Output: one readable line, or one JSON object
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Reply timeout in milliseconds (a --lock --wait gets its wait on top)
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub timeout: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    Ephemeral,
+    Persistent,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(durability: DurabilityArg) -> Durability {
+        match durability {
+            DurabilityArg::Ephemeral => Durability::Ephemeral,
+            DurabilityArg::Persistent => Durability::Persistent,
+        }
+    }
+}
+
+/// What one run of `kahu-cli` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Lock {
+        key: String,
+        expires_ms: u64,
+        wait_ms: u64,
+        retry_ms: Option<u64>,
+    },
+    Unlock {
+        key: String,
+    },
+    Extend {
+        key: String,
+        expires_ms: u64,
+    },
+    Get {
+        key: String,
+    },
+    Ping,
+    Info,
+    Shell,
+}
+
+impl Action {
+    /// The lock key the action is about, for error reports.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Action::Lock { key, .. }
+            | Action::Unlock { key }
+            | Action::Extend { key, .. }
+            | Action::Get { key } => Some(key),
+            Action::Ping | Action::Info | Action::Shell => None,
+        }
+    }
+}
+
+impl Args {
+    /// The action the flags ask for; exits with code 2 when `--expires` is missing or
+    /// given to a command that does not use it.
+    pub fn action(&self) -> Action {
+        match self.resolve() {
+            Ok(action) => action,
+            Err((kind, message)) => Args::command().error(kind, message).exit(),
+        }
+    }
+
+    fn resolve(&self) -> Result<Action, (ErrorKind, &'static str)> {
+        let expires = |flag| {
+            self.expires.ok_or((
+                ErrorKind::MissingRequiredArgument,
+                match flag {
+                    "lock" => "--lock needs --expires <MS>",
+                    _ => "--extend-lock needs --expires <MS>",
+                },
+            ))
+        };
+        let action = if let Some(key) = &self.lock {
+            Action::Lock {
+                key: key.clone(),
+                expires_ms: expires("lock")?,
+                wait_ms: self.wait.unwrap_or(0),
+                retry_ms: self.retry,
+            }
+        } else if let Some(key) = &self.extend_lock {
+            Action::Extend {
+                key: key.clone(),
+                expires_ms: expires("extend")?,
+            }
+        } else if let Some(key) = &self.unlock {
+            Action::Unlock { key: key.clone() }
+        } else if let Some(key) = &self.get_lock {
+            Action::Get { key: key.clone() }
+        } else if self.ping {
+            Action::Ping
+        } else if self.info {
+            Action::Info
+        } else {
+            Action::Shell
+        };
+        let uses_expires = matches!(action, Action::Lock { .. } | Action::Extend { .. });
+        if self.expires.is_some() && !uses_expires {
+            return Err((
+                ErrorKind::ArgumentConflict,
+                "--expires applies only to --lock and --extend-lock",
+            ));
+        }
+        let is_lock = matches!(action, Action::Lock { .. });
+        if (self.wait.is_some() || self.retry.is_some()) && !is_lock {
+            return Err((
+                ErrorKind::ArgumentConflict,
+                "--wait and --retry apply only to --lock",
+            ));
+        }
+        Ok(action)
+    }
+
+    /// `--owner`, `$KAHU_OWNER` (clap reads both), else `USER@HOST`.
+    pub fn owner(&self) -> String {
+        self.owner
+            .clone()
+            .unwrap_or_else(|| format!("{}@{}", kahu_client::user_name(), kahu_client::host_name()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(arguments: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("kahu-cli").chain(arguments.iter().copied()))
+    }
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn lock_needs_expires_and_accepts_wait_and_retry() {
+        let args = parse(&[
+            "--lock",
+            "k",
+            "--expires",
+            "500",
+            "--wait",
+            "20",
+            "--retry",
+            "5",
+        ]);
+        assert_eq!(
+            args.unwrap().resolve(),
+            Ok(Action::Lock {
+                key: "k".into(),
+                expires_ms: 500,
+                wait_ms: 20,
+                retry_ms: Some(5)
+            })
+        );
+        let missing = parse(&["--lock", "k"]).unwrap().resolve();
+        assert_eq!(missing.unwrap_err().0, ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn usage_errors_are_caught() {
+        assert!(parse(&["--lock", "a", "--unlock", "b"]).is_err());
+        let wait = parse(&["--unlock", "b", "--wait", "5"]).unwrap().resolve();
+        assert_eq!(wait.unwrap_err().0, ErrorKind::ArgumentConflict);
+        assert!(parse(&["--format", "yaml"]).is_err());
+        let stray = parse(&["--get-lock", "k", "--expires", "5"])
+            .unwrap()
+            .resolve();
+        assert_eq!(stray.unwrap_err().0, ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn no_command_is_the_shell() {
+        let args = parse(&["-c", "10.0.0.1:8002"]).unwrap();
+        assert_eq!(args.resolve(), Ok(Action::Shell));
+        assert_eq!(args.connection_source, "10.0.0.1:8002");
+    }
+}

@@ -1,0 +1,175 @@
+//! Per-client settings: timeouts, reconnect policy, the name sent in HELLO and the default
+//! owner. Each setting has a documented default; [`ClientOptions::default`] is what
+//! [`crate::Client::connect`] uses.
+//!
+//! Settings are checked when a client is built ([`ClientOptions::validate`]), so a bad value
+//! fails at `connect`, not at the first request.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kahu_protocol::limits::CLIENT_NAME_BYTES_MAX;
+use kahu_protocol::request::validate_owner;
+use kahu_protocol::{ErrorCode, ProtocolError};
+
+/// How a [`crate::Client`] talks to its server. Build with the setter methods:
+///
+/// ```
+/// use std::time::Duration;
+/// let options = kahu_client::ClientOptions::default()
+///     .request_timeout(Duration::from_secs(2))
+///     .owner("billing-worker-7");
+/// options.validate().unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) connect_attempts_max: u32,
+    pub(crate) reconnect_backoff: Duration,
+    pub(crate) reconnect_backoff_max: Duration,
+    pub(crate) client_name: String,
+    pub(crate) owner: Option<Bytes>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: ClientOptions::REQUEST_TIMEOUT_DEFAULT,
+            connect_timeout: ClientOptions::CONNECT_TIMEOUT_DEFAULT,
+            connect_attempts_max: ClientOptions::CONNECT_ATTEMPTS_MAX_DEFAULT,
+            reconnect_backoff: ClientOptions::RECONNECT_BACKOFF_DEFAULT,
+            reconnect_backoff_max: ClientOptions::RECONNECT_BACKOFF_MAX_DEFAULT,
+            client_name: format!("kahu-client/{}", env!("CARGO_PKG_VERSION")),
+            owner: None,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Default time to wait for a reply, not counting a LOCK's own wait.
+    pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+    /// Default time for one connection attempt: TCP connect plus the HELLO exchange.
+    pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+    /// Default number of connection attempts before a request fails with
+    /// [`crate::Error::Connect`].
+    pub const CONNECT_ATTEMPTS_MAX_DEFAULT: u32 = 3;
+    /// Default pause after the first failed attempt; it doubles after each failure.
+    pub const RECONNECT_BACKOFF_DEFAULT: Duration = Duration::from_millis(50);
+    /// Default cap on the pause between attempts.
+    pub const RECONNECT_BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(1);
+
+    /// How long to wait for each reply (default 5 s). A LOCK that waits on the server gets
+    /// its wait on top of this. A request that times out may still be applied.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt (TCP connect and HELLO) may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How many times to try to connect before failing a request (default 3, at least 1).
+    pub fn connect_attempts_max(mut self, attempts: u32) -> Self {
+        self.connect_attempts_max = attempts;
+        self
+    }
+
+    /// The pause after the first failed connection attempt (default 50 ms) and its cap
+    /// (default 1 s); the pause doubles after each failure.
+    pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.reconnect_backoff = first;
+        self.reconnect_backoff_max = max;
+        self
+    }
+
+    /// The name sent in HELLO, shown in the server's logs (default `kahu-client/<version>`).
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+
+    /// The owner used by locks that do not name one. By default each `Client` makes a
+    /// unique owner (`host-pid-start-counter`), so two clients never share a lock by
+    /// accident. Set a stable owner to re-acquire your own locks after a restart.
+    pub fn owner(mut self, owner: impl Into<Bytes>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// The pause before connection attempt number `attempt` (1 for the second attempt).
+    pub(crate) fn backoff_before(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(16);
+        self.reconnect_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.reconnect_backoff_max)
+    }
+
+    /// Checks every setting: timeouts above zero, at least one attempt, a client name
+    /// within `client_name_bytes_max`, an owner within `owner_bytes_max`.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let invalid = |message: String| ProtocolError::new(ErrorCode::Malformed, message);
+        if self.request_timeout.is_zero() {
+            return Err(invalid("request_timeout must be above zero".into()));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid("connect_timeout must be above zero".into()));
+        }
+        if self.connect_attempts_max == 0 {
+            return Err(invalid("connect_attempts_max must be at least 1".into()));
+        }
+        if self.client_name.len() > CLIENT_NAME_BYTES_MAX {
+            return Err(invalid(format!(
+                "client_name is {} bytes; client_name_bytes_max is {CLIENT_NAME_BYTES_MAX}",
+                self.client_name.len()
+            )));
+        }
+        if let Some(owner) = &self.owner {
+            validate_owner(owner)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let options = ClientOptions::default();
+        options.validate().unwrap();
+        assert_eq!(options.request_timeout, Duration::from_secs(5));
+        assert!(options.owner.is_none());
+        assert!(options.client_name.starts_with("kahu-client/"));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_before_connecting() {
+        let zero = ClientOptions::default().request_timeout(Duration::ZERO);
+        assert!(zero.validate().is_err());
+        let no_attempts = ClientOptions::default().connect_attempts_max(0);
+        assert!(no_attempts.validate().is_err());
+        let empty_owner = ClientOptions::default().owner("");
+        assert_eq!(
+            empty_owner.validate().unwrap_err().code,
+            ErrorCode::OwnerEmpty
+        );
+        let long_name = ClientOptions::default().client_name("n".repeat(CLIENT_NAME_BYTES_MAX + 1));
+        assert!(long_name.validate().is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let options = ClientOptions::default()
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50));
+        let pauses: Vec<u128> = (1..=5)
+            .map(|attempt| options.backoff_before(attempt).as_millis())
+            .collect();
+        assert_eq!(pauses, [10, 20, 40, 50, 50]);
+        assert_eq!(options.backoff_before(u32::MAX), Duration::from_millis(50));
+    }
+}

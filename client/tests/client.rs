@@ -1,0 +1,348 @@
+//! The client against the real server, started in process on 127.0.0.1 port 0: the lock
+//! contract as a client sees it (grant, refuse, hand-off, extend, release, leases), guards
+//! releasing on drop, pipelining on one connection, and reconnecting after a restart.
+//!
+//! Every loop is bounded in count and time; every server started is shut down.
+
+use std::time::{Duration, Instant};
+
+use kahu_client::{
+    Client, ClientOptions, Durability, ErrorCode, ExtendOutcome, LockState, UnlockOutcome,
+};
+use kahu_server::{Config, RunningServer, Server};
+use tempfile::TempDir;
+
+struct TestServer {
+    server: RunningServer,
+    _data_dir: TempDir,
+}
+
+impl TestServer {
+    async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_tests(data_dir.path());
+        adjust(&mut config);
+        let server = Server::start(config).await.unwrap();
+        TestServer {
+            server,
+            _data_dir: data_dir,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(self.server.local_addr()).await.unwrap()
+    }
+
+    async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+/// Polls `key` until `done` holds for its state: at most 100 polls, 5 s.
+async fn wait_for_state(client: &Client, key: &str, done: impl Fn(&LockState) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for _ in 0..100 {
+        if done(&client.get(key.to_string()).await.unwrap()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "`{key}` never reached the state");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("`{key}` never reached the state");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_extend_get_unlock() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    assert_eq!(client.server_hello().shard_count, 2);
+
+    // Phase 1: take the lock.
+    let mut guard = client
+        .lock("report")
+        .ttl(Duration::from_secs(5))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(guard.is_acquired());
+    let token = guard.fencing_token().unwrap();
+    assert!(token > 0);
+    assert_eq!(guard.owner(), client.owner());
+
+    // Phase 2: GET shows it held by us, with the same token.
+    let LockState::Held(held) = guard.info().await.unwrap() else {
+        panic!("the lock is held");
+    };
+    assert_eq!((&held.owner, held.fencing_token), (client.owner(), token));
+    assert!(held.remaining <= Duration::from_secs(5));
+    assert_eq!(held.durability, Durability::Ephemeral);
+
+    // Phase 3: EXTEND keeps the token.
+    let extended = guard.extend(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        extended,
+        ExtendOutcome::Extended {
+            fencing_token: token,
+            ttl: Duration::from_secs(20)
+        }
+    );
+
+    // Phase 4: release; GET reports it free (with the last token, when the server still
+    // knows it: the protocol allows "unknown").
+    let released = guard.release().await.unwrap();
+    assert_eq!(
+        released,
+        UnlockOutcome::Released {
+            fencing_token: token
+        }
+    );
+    let state = client.get("report").await.unwrap();
+    assert!(
+        matches!(state, LockState::NotHeld { last_fencing_token } if last_fencing_token.is_none_or(|last| last == token)),
+        "{state:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_owner_is_refused_then_waits_for_the_hand_off() {
+    let server = TestServer::start().await;
+    let alice = server.client().await;
+    let bob = server.client().await;
+    let alice_guard = alice.lock("printer").acquire().await.unwrap();
+    let alice_token = alice_guard.fencing_token().unwrap();
+
+    // Phase 1: without a wait, Bob is told at once, with the holder named.
+    let refused = bob.lock("printer").acquire().await.unwrap();
+    assert!(!refused.is_acquired());
+    assert_eq!(&refused.holder().unwrap().owner, alice.owner());
+
+    // Phase 2: Bob queues on the server; Alice releases; Bob gets a larger token.
+    let waiting = bob.lock("printer").wait(Duration::from_secs(5)).acquire();
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        alice_guard.release().await.unwrap()
+    };
+    let (bob_guard, released) = tokio::join!(waiting, release);
+    assert!(released.is_released());
+    let bob_guard = bob_guard.unwrap();
+    assert!(bob_guard.is_acquired());
+    assert!(bob_guard.fencing_token().unwrap() > alice_token);
+    bob_guard.release().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_owner_reenters_unless_if_not_held() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let first = client.lock("cron").acquire().await.unwrap();
+
+    let again = client.lock("cron").acquire().await.unwrap();
+    assert!(again.is_acquired() && again.was_reentered());
+    assert_eq!(again.fencing_token(), first.fencing_token());
+    again.detach();
+
+    let refused = client
+        .lock("cron")
+        .if_not_held(true)
+        .acquire()
+        .await
+        .unwrap();
+    assert!(!refused.is_acquired());
+    first.release().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_guard_releases_the_lock() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let guard = client
+        .lock("dropped")
+        .ttl(Duration::from_secs(60))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(guard.is_acquired());
+    drop(guard);
+    wait_for_state(&client, "dropped", |state| !state.is_locked()).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_lock_lives_on_its_lease_alone() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let guard = client
+        .lock("leased")
+        .ttl(Duration::from_millis(200))
+        .acquire()
+        .await
+        .unwrap();
+    guard.detach();
+    assert!(client.get("leased").await.unwrap().is_locked());
+    wait_for_state(&client, "leased", |state| !state.is_locked()).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_and_extend_by_key_name_the_refusal() {
+    let server = TestServer::start().await;
+    let alice = server.client().await;
+    let bob = server.client().await;
+
+    let free = bob.unlock("door", "bob").await.unwrap();
+    assert!(matches!(free, UnlockOutcome::NotHeld { .. }), "{free:?}");
+
+    let guard = alice.lock("door").acquire().await.unwrap();
+    let not_owner = bob.unlock("door", bob.owner().clone()).await.unwrap();
+    let UnlockOutcome::NotOwner(holder) = not_owner else {
+        panic!("Bob does not own the door: {not_owner:?}");
+    };
+    assert_eq!(&holder.owner, alice.owner());
+    let extend = bob
+        .extend("door", bob.owner().clone(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(matches!(extend, ExtendOutcome::NotOwner(_)), "{extend:?}");
+    guard.release().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_locks_are_refused_until_the_log_exists() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let error = client
+        .lock("durable")
+        .durability(Durability::Persistent)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Unsupported), "{error}");
+    assert!(
+        !client.get("durable").await.unwrap().is_locked(),
+        "not downgraded"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_share_one_connection_and_a_wait_blocks_nothing() {
+    let server = TestServer::start().await;
+    let holder = server.client().await;
+    let client = server.client().await;
+    let held = holder.lock("busy").acquire().await.unwrap();
+
+    // Phase 1: a LOCK queues on the server for up to 3 s ...
+    let waiting = client.lock("busy").wait(Duration::from_secs(3)).acquire();
+
+    // Phase 2: ... while 200 requests on the same connection are answered.
+    let burst = async {
+        let started = Instant::now();
+        let requests = (0..200).map(|index| {
+            let client = client.clone();
+            async move {
+                let key = format!("burst-{index}");
+                let guard = client.lock(key.clone()).acquire().await.unwrap();
+                assert!(guard.is_acquired());
+                let state = client.get(key).await.unwrap();
+                assert!(state.is_locked());
+                guard.release().await.unwrap().is_released()
+            }
+        });
+        let released = futures::future::join_all(requests).await;
+        assert!(released.into_iter().all(|released| released));
+        let elapsed = started.elapsed();
+        // Phase 3: the queued LOCK is granted when the holder lets go.
+        held.release().await.unwrap();
+        elapsed
+    };
+    let (waited, burst_time) = tokio::join!(waiting, burst);
+    assert!(burst_time < Duration::from_secs(3), "{burst_time:?}");
+    let waited = waited.unwrap();
+    assert!(waited.is_acquired());
+    waited.release().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_waiter_queue_is_polled_within_the_wait() {
+    let server = TestServer::start_with(|config| config.waiters_per_lock_max = 1).await;
+    let holder = server.client().await;
+    let first = server.client().await;
+    let second = server.client().await;
+    let held = holder.lock("queue").acquire().await.unwrap();
+
+    // Phase 1: `first` takes the only waiter slot.
+    let first_wait = first.lock("queue").wait(Duration::from_secs(5)).acquire();
+    // Phase 2: `second` is refused a slot and polls; the holder releases, `first` gets
+    // the lock and releases it, then `second` gets a slot and the lock.
+    let second_wait = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        second
+            .lock("queue")
+            .wait(Duration::from_secs(5))
+            .retry(Duration::from_millis(20))
+            .acquire()
+            .await
+    };
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        held.release().await.unwrap();
+    };
+    let (first_guard, second_guard, ()) = tokio::join!(
+        async {
+            let guard = first_wait.await.unwrap();
+            assert!(guard.is_acquired());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            guard.release().await.unwrap()
+        },
+        second_wait,
+        release
+    );
+    assert!(first_guard.is_released());
+    let second_guard = second_guard.unwrap();
+    assert!(second_guard.is_acquired());
+    second_guard.release().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reconnects_after_a_server_restart() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = Server::start(Config::for_tests(data_dir.path()))
+        .await
+        .unwrap();
+    let address = server.local_addr();
+    let options = ClientOptions::default()
+        .connect_attempts_max(2)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20));
+    let client = Client::connect_with(address, options).await.unwrap();
+    client.ping().await.unwrap();
+
+    // Phase 1: the server stops; requests fail with retryable errors.
+    server.shutdown().await;
+    let error = client.ping().await.unwrap_err();
+    assert!(error.is_retryable(), "{error:?}");
+
+    // Phase 2: a server comes back on the same address; the next request reconnects.
+    let mut config = Config::for_tests(data_dir.path());
+    config.listen = address;
+    let server = Server::start(config).await.unwrap();
+    let mut pinged = false;
+    for _ in 0..20 {
+        if client.ping().await.is_ok() {
+            pinged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pinged, "the client reconnects");
+    server.shutdown().await;
+}
