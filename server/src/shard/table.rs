@@ -203,11 +203,10 @@ impl<R: ReplyTarget> LockTable<R> {
         reply: R,
         out: &mut Replies<R>,
     ) {
-        let Some(index) = self.find(hash, &request.key) else {
+        let Some(index) = self.settled(now, hash, &request.key, out) else {
             out.push((reply, not_held(0)));
             return;
         };
-        self.settle(index, now, out);
         let slot = &mut self.slots[index as usize];
         match &slot.holder {
             None => out.push((reply, not_held(slot.last_token))),
@@ -239,11 +238,10 @@ impl<R: ReplyTarget> LockTable<R> {
         reply: R,
         out: &mut Replies<R>,
     ) {
-        let Some(index) = self.find(hash, &request.key) else {
+        let Some(index) = self.settled(now, hash, &request.key, out) else {
             out.push((reply, not_held(0)));
             return;
         };
-        self.settle(index, now, out);
         let slot = &mut self.slots[index as usize];
         let response = match &mut slot.holder {
             None => not_held(slot.last_token),
@@ -267,11 +265,10 @@ impl<R: ReplyTarget> LockTable<R> {
 
     /// GET: the holder, its token, remaining lease and waiter count, or NOT_HELD.
     pub fn get(&mut self, now: Instant, hash: u64, key: &[u8], reply: R, out: &mut Replies<R>) {
-        let Some(index) = self.find(hash, key) else {
+        let Some(index) = self.settled(now, hash, key, out) else {
             out.push((reply, not_held(0)));
             return;
         };
-        self.settle(index, now, out);
         let slot = &self.slots[index as usize];
         let response = match &slot.holder {
             None => not_held(slot.last_token),
@@ -340,6 +337,20 @@ impl<R: ReplyTarget> LockTable<R> {
         }
         self.stats.waiters = 0;
         self.waits_by_connection.clear();
+    }
+
+    /// The slot of a known key with its lease settled at `now`; `None` for a key the table
+    /// does not track (never held, or forgotten once free with nobody waiting).
+    fn settled(
+        &mut self,
+        now: Instant,
+        hash: u64,
+        key: &[u8],
+        out: &mut Replies<R>,
+    ) -> Option<u32> {
+        let index = self.find(hash, key)?;
+        self.settle(index, now, out);
+        Some(index)
     }
 
     fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {

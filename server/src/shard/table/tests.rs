@@ -111,15 +111,9 @@ impl Harness {
     }
 
     fn unlock(&mut self, key: &str, owner: &str) -> Response {
-        let request = Unlock {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            owner: Bytes::copy_from_slice(owner.as_bytes()),
-        };
-        let reply = self.reply(0);
-        let mut out = Vec::new();
-        self.table
-            .unlock(self.now, hash(key), &request, reply, &mut out);
-        self.single(out)
+        let mut replies = self.unlock_all(key, owner);
+        assert_eq!(replies.len(), 1, "expected one reply: {replies:?}");
+        replies.remove(0).1
     }
 
     /// UNLOCK, returning every reply (the release and any hand-off).
