@@ -16,6 +16,7 @@ pub mod data_dir;
 pub mod net;
 pub mod server;
 pub mod shard;
+pub mod wal;
 
 pub use config::Config;
 pub use server::{RunningServer, Server, ServerError};

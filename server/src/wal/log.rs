@@ -1,0 +1,367 @@
+//! The log a shard appends to: [`Wal::append`] buffers, [`Wal::commit`] writes and syncs
+//! once per batch, [`Wal::compact`] writes a snapshot and deletes what it covers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::record::{Command, Entry, HardState, Record, RECORD_BYTES_MAX};
+use super::recovery::{recover, segment_name, Replay, SPARE_NAME};
+use super::snapshot::Snapshot;
+use super::storage::{SegmentFile, Storage};
+use super::WalError;
+
+/// Settings of one shard's log.
+#[derive(Debug, Clone, Copy)]
+pub struct WalOptions {
+    /// Bytes per segment file, preallocated.
+    pub segment_bytes: u64,
+    /// `fdatasync` on every commit. Off only in the loudly named unsafe mode.
+    pub sync: bool,
+    /// Take a snapshot once this many bytes were logged since the last one.
+    pub snapshot_log_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_bytes: 64 << 20,
+            sync: true,
+            snapshot_log_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The smallest segment accepted: room for the largest records.
+pub const SEGMENT_BYTES_MIN: u64 = 4 * RECORD_BYTES_MAX as u64;
+
+#[derive(Debug)]
+struct Segment {
+    first_index: u64,
+    path: PathBuf,
+    /// Open while it has writes not yet synced (and always for the tail, once created).
+    file: Option<Arc<dyn SegmentFile>>,
+}
+
+/// Bytes appended to one segment at one offset, not yet durable.
+#[derive(Debug)]
+struct Chunk {
+    first_index: u64,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    options: WalOptions,
+    /// Every segment on disk, oldest first; the last is the tail appended to. A segment
+    /// is created (from the spare, or zero-filled) by the commit that first writes to it.
+    segments: Vec<Segment>,
+    /// Where the next record goes in the tail (pending bytes included).
+    tail_end: u64,
+    tail_created: bool,
+    next_index: u64,
+    last_term: u64,
+    durable_index: u64,
+    pending: Vec<Chunk>,
+    bytes_since_snapshot: u64,
+    spare_ready: bool,
+    spare: Option<JoinHandle<std::io::Result<()>>>,
+    hard_state: Option<HardState>,
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created if missing), replaying what it holds into `replay`.
+    pub fn open(
+        dir: &Path,
+        storage: Arc<dyn Storage>,
+        options: WalOptions,
+        replay: &mut dyn Replay,
+    ) -> Result<Wal, WalError> {
+        assert!(
+            options.segment_bytes >= SEGMENT_BYTES_MIN,
+            "segment_bytes below SEGMENT_BYTES_MIN"
+        );
+        let recovered = recover(dir, storage.as_ref(), replay)?;
+        let tail_created = !recovered.segments.is_empty();
+        let segments = recovered
+            .segments
+            .into_iter()
+            .map(|found| Segment {
+                first_index: found.first_index,
+                path: found.path,
+                file: None,
+            })
+            .collect();
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            storage,
+            options,
+            segments,
+            tail_end: recovered.tail_end,
+            tail_created,
+            next_index: recovered.next_index,
+            last_term: recovered.last_term,
+            durable_index: recovered.next_index - 1,
+            pending: Vec::new(),
+            bytes_since_snapshot: recovered.bytes_since_snapshot,
+            spare_ready: recovered.spare_ready,
+            spare: None,
+            hard_state: recovered.hard_state,
+        })
+    }
+
+    /// The index the next entry will get.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// The last entry made durable by a commit.
+    pub fn durable_index(&self) -> u64 {
+        self.durable_index
+    }
+
+    pub fn last_term(&self) -> u64 {
+        self.last_term
+    }
+
+    pub fn hard_state(&self) -> Option<HardState> {
+        self.hard_state
+    }
+
+    /// True when appended entries wait for a commit.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Segment files on disk (or about to be).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// True once enough was logged since the last snapshot to take another.
+    pub fn wants_snapshot(&self) -> bool {
+        self.bytes_since_snapshot >= self.options.snapshot_log_bytes
+    }
+
+    /// Buffers an entry; it is durable after the next successful [`Wal::commit`].
+    pub fn append(&mut self, term: u64, command: Command) -> u64 {
+        let index = self.next_index;
+        let mut bytes = Vec::with_capacity(64);
+        Record::Entry(Entry {
+            index,
+            term,
+            command,
+        })
+        .encode(&mut bytes);
+        if self.segments.is_empty()
+            || self.tail_end + bytes.len() as u64 > self.options.segment_bytes
+        {
+            self.start_segment(index);
+        }
+        let first_index = self.segments.last().expect("a tail segment").first_index;
+        let offset = self.tail_end;
+        let length = bytes.len() as u64;
+        match self.pending.last_mut() {
+            Some(chunk)
+                if chunk.first_index == first_index
+                    && chunk.offset + chunk.bytes.len() as u64 == offset =>
+            {
+                chunk.bytes.extend_from_slice(&bytes);
+            }
+            _ => self.pending.push(Chunk {
+                first_index,
+                offset,
+                bytes,
+            }),
+        }
+        self.tail_end = offset + length;
+        self.next_index += 1;
+        self.last_term = term;
+        index
+    }
+
+    /// Makes the tail a new segment whose first entry is `first_index`. It is created on
+    /// disk by the commit that first writes to it.
+    fn start_segment(&mut self, first_index: u64) {
+        self.segments.push(Segment {
+            first_index,
+            path: self.dir.join(segment_name(first_index)),
+            file: None,
+        });
+        self.tail_end = 0;
+        self.tail_created = false;
+    }
+
+    /// Writes every appended entry with one write per segment touched, then syncs each
+    /// such segment once. On error nothing appended is durable as far as the caller knows;
+    /// the entries stay buffered and the next commit writes them again at the same offsets.
+    pub fn commit(&mut self) -> Result<(), WalError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut touched: Vec<(Arc<dyn SegmentFile>, PathBuf)> = Vec::with_capacity(1);
+        for position in 0..self.pending.len() {
+            let first_index = self.pending[position].first_index;
+            let (file, path) = self.segment_file(first_index)?;
+            let chunk = &self.pending[position];
+            file.write_at(chunk.offset, &chunk.bytes)
+                .map_err(|source| WalError::Io {
+                    operation: "write",
+                    path: path.clone(),
+                    source,
+                })?;
+            if !touched
+                .iter()
+                .any(|(touched, _)| Arc::ptr_eq(touched, &file))
+            {
+                touched.push((file, path));
+            }
+        }
+        if self.options.sync {
+            for (file, path) in &touched {
+                file.sync_data().map_err(|source| WalError::Io {
+                    operation: "sync",
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        let written: u64 = self
+            .pending
+            .iter()
+            .map(|chunk| chunk.bytes.len() as u64)
+            .sum();
+        self.pending.clear();
+        self.bytes_since_snapshot += written;
+        self.durable_index = self.next_index - 1;
+        // Only the tail keeps its file open.
+        let tail = self.segments.len() - 1;
+        for segment in &mut self.segments[..tail] {
+            segment.file = None;
+        }
+        self.prepare_spare();
+        Ok(())
+    }
+
+    /// The open file of the segment starting at `first_index`, creating it if needed.
+    fn segment_file(
+        &mut self,
+        first_index: u64,
+    ) -> Result<(Arc<dyn SegmentFile>, PathBuf), WalError> {
+        let position = self
+            .segments
+            .iter()
+            .rposition(|segment| segment.first_index == first_index)
+            .expect("pending bytes belong to a known segment");
+        let is_tail = position + 1 == self.segments.len();
+        if is_tail && !self.tail_created {
+            self.create_segment_file(position)?;
+            self.tail_created = true;
+        }
+        let segment = &mut self.segments[position];
+        if segment.file.is_none() {
+            let file = self
+                .storage
+                .open_segment(&segment.path)
+                .map_err(|source| WalError::Io {
+                    operation: "open",
+                    path: segment.path.clone(),
+                    source,
+                })?;
+            segment.file = Some(file);
+        }
+        Ok((
+            segment.file.clone().expect("just opened"),
+            segment.path.clone(),
+        ))
+    }
+
+    /// Puts a zero-filled file at the segment's path: the spare if one is ready, else a
+    /// new one written now.
+    fn create_segment_file(&mut self, position: usize) -> Result<(), WalError> {
+        let path = self.segments[position].path.clone();
+        if let Some(spare) = self.spare.take() {
+            self.spare_ready = matches!(spare.join(), Ok(Ok(())));
+        }
+        if self.spare_ready {
+            self.spare_ready = false;
+            let spare = self.dir.join(SPARE_NAME);
+            if self.storage.rename(&spare, &path).is_ok() {
+                return Ok(());
+            }
+        }
+        self.storage
+            .create_zeroed(&path, self.options.segment_bytes)
+            .map_err(|source| WalError::Io {
+                operation: "create",
+                path,
+                source,
+            })
+    }
+
+    /// Once the tail is half full, zero-fills the next segment in the background so that
+    /// rolling over costs a rename, not a 64 MiB write on the request path.
+    fn prepare_spare(&mut self) {
+        if self.spare_ready
+            || self.spare.is_some()
+            || self.tail_end < self.options.segment_bytes / 2
+        {
+            return;
+        }
+        let storage = self.storage.clone();
+        let path = self.dir.join(SPARE_NAME);
+        let bytes = self.options.segment_bytes;
+        self.spare = std::thread::Builder::new()
+            .name("kahu-wal-spare".into())
+            .spawn(move || storage.create_zeroed(&path, bytes))
+            .ok();
+    }
+
+    /// Writes `snapshot` (which must include every durable entry) and deletes the segments
+    /// and snapshots it makes unnecessary.
+    pub fn compact(&mut self, snapshot: &Snapshot) -> Result<(), WalError> {
+        assert!(self.pending.is_empty(), "compact after a successful commit");
+        assert_eq!(
+            snapshot.last_index, self.durable_index,
+            "a snapshot of the durable state"
+        );
+        let path = self.dir.join(Snapshot::file_name(snapshot.last_index));
+        self.storage
+            .write_atomic(&path, &snapshot.encode())
+            .map_err(|source| WalError::Io {
+                operation: "write snapshot",
+                path: path.clone(),
+                source,
+            })?;
+        self.bytes_since_snapshot = 0;
+        // Older snapshots, then every segment whose entries all precede the snapshot.
+        if let Ok(names) = self.storage.list(&self.dir) {
+            for name in names {
+                match Snapshot::parse_file_name(&name) {
+                    Some(index) if index < snapshot.last_index => {
+                        let _ = self.storage.remove(&self.dir.join(name));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        while self.segments.len() > 1 && self.segments[1].first_index <= snapshot.last_index + 1 {
+            let covered = self.segments.remove(0);
+            if let Err(error) = self.storage.remove(&covered.path) {
+                tracing::warn!(path = %covered.path.display(), %error, "cannot delete a compacted segment");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
+    }
+}

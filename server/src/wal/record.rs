@@ -1,0 +1,358 @@
+//! Log records and their byte format.
+//!
+//! ```text
+//! record      = len u32 | crc32c u32 | type u8 | payload      (len = 1 + payload bytes)
+//! type 1 ENTRY      payload = index u64 | term u64 | command
+//! type 2 HARD_STATE payload = term u64 | vote u64 | commit u64
+//! command     = kind u8 | fields
+//! kind 1 GRANT   token u64 | ttl_ms u64 | key bytes16 | owner bytes16
+//! kind 2 RELEASE token u64 | key bytes16
+//! kind 3 EXTEND  token u64 | ttl_ms u64 | key bytes16
+//! bytes16     = length u16 | bytes
+//! ```
+//!
+//! All integers little-endian. The checksum is CRC-32C over `type | payload`. Decoding
+//! checks the checksum first, then that the payload is exactly as long as its fields.
+
+use bytes::{Buf, BufMut, Bytes};
+
+/// Bytes before the payload: `len`, `crc32c`, `type`.
+pub const RECORD_HEADER_BYTES: usize = 9;
+/// The largest record accepted on decode (keys and owners are bounded far below).
+pub const RECORD_BYTES_MAX: usize = 64 * 1024;
+
+const TYPE_ENTRY: u8 = 1;
+const TYPE_HARD_STATE: u8 = 2;
+const KIND_GRANT: u8 = 1;
+const KIND_RELEASE: u8 = 2;
+const KIND_EXTEND: u8 = 3;
+
+/// A decision about a persistent lock, applied in log order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `owner` holds `key` with `token` for `ttl_ms` from when this is applied.
+    Grant {
+        key: Bytes,
+        owner: Bytes,
+        token: u64,
+        ttl_ms: u64,
+    },
+    /// The grant with `token` ended by release.
+    Release { key: Bytes, token: u64 },
+    /// The grant with `token` now runs `ttl_ms` from when this is applied.
+    Extend { key: Bytes, token: u64, ttl_ms: u64 },
+}
+
+impl Command {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Command::Grant { key, .. }
+            | Command::Release { key, .. }
+            | Command::Extend { key, .. } => key,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub index: u64,
+    pub term: u64,
+    pub command: Command,
+}
+
+/// Raft's persistent state, reserved for the replication issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HardState {
+    pub term: u64,
+    pub vote: u64,
+    pub commit: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Entry(Entry),
+    HardState(HardState),
+}
+
+/// Why the bytes at some offset are not a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// `len` is 0: the zero fill after the last record.
+    End,
+    /// Fewer bytes than the record claims: a torn write.
+    Short,
+    /// The checksum does not match: a torn or damaged record.
+    Checksum,
+    /// The checksum matches but the payload does not parse.
+    Malformed,
+}
+
+impl Record {
+    /// Appends the encoded record to `dst`.
+    pub fn encode(&self, dst: &mut Vec<u8>) {
+        let start = dst.len();
+        dst.put_u32_le(0);
+        dst.put_u32_le(0);
+        match self {
+            Record::Entry(entry) => {
+                dst.put_u8(TYPE_ENTRY);
+                dst.put_u64_le(entry.index);
+                dst.put_u64_le(entry.term);
+                encode_command(&entry.command, dst);
+            }
+            Record::HardState(state) => {
+                dst.put_u8(TYPE_HARD_STATE);
+                dst.put_u64_le(state.term);
+                dst.put_u64_le(state.vote);
+                dst.put_u64_le(state.commit);
+            }
+        }
+        let len = dst.len() - start - 8;
+        assert!(len + 8 <= RECORD_BYTES_MAX, "record of {len} bytes");
+        let crc = crc32c::crc32c(&dst[start + 8..]);
+        dst[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        dst[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Decodes the record at the start of `src`, returning it and its encoded size.
+    pub fn decode(src: &[u8]) -> Result<(Record, usize), DecodeError> {
+        if src.len() < 8 {
+            // Too short even for a header: zero fill if all zero, else torn.
+            return Err(if src.iter().all(|&byte| byte == 0) {
+                DecodeError::End
+            } else {
+                DecodeError::Short
+            });
+        }
+        let mut header = &src[..8];
+        let len = header.get_u32_le() as usize;
+        let crc = header.get_u32_le();
+        if len == 0 {
+            return Err(if crc == 0 {
+                DecodeError::End
+            } else {
+                DecodeError::Checksum
+            });
+        }
+        if len + 8 > RECORD_BYTES_MAX {
+            return Err(DecodeError::Checksum);
+        }
+        let Some(body) = src.get(8..8 + len) else {
+            return Err(DecodeError::Short);
+        };
+        if crc32c::crc32c(body) != crc {
+            return Err(DecodeError::Checksum);
+        }
+        let record = decode_body(body).ok_or(DecodeError::Malformed)?;
+        Ok((record, 8 + len))
+    }
+}
+
+fn encode_command(command: &Command, dst: &mut Vec<u8>) {
+    match command {
+        Command::Grant {
+            key,
+            owner,
+            token,
+            ttl_ms,
+        } => {
+            dst.put_u8(KIND_GRANT);
+            dst.put_u64_le(*token);
+            dst.put_u64_le(*ttl_ms);
+            put_bytes16(dst, key);
+            put_bytes16(dst, owner);
+        }
+        Command::Release { key, token } => {
+            dst.put_u8(KIND_RELEASE);
+            dst.put_u64_le(*token);
+            put_bytes16(dst, key);
+        }
+        Command::Extend { key, token, ttl_ms } => {
+            dst.put_u8(KIND_EXTEND);
+            dst.put_u64_le(*token);
+            dst.put_u64_le(*ttl_ms);
+            put_bytes16(dst, key);
+        }
+    }
+}
+
+fn put_bytes16(dst: &mut Vec<u8>, bytes: &[u8]) {
+    dst.put_u16_le(u16::try_from(bytes.len()).expect("bytes16 field longer than u16::MAX"));
+    dst.put_slice(bytes);
+}
+
+/// A cursor over a record body that fails softly: `None` on any shortfall.
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        (self.0.remaining() >= 1).then(|| self.0.get_u8())
+    }
+    fn u64(&mut self) -> Option<u64> {
+        (self.0.remaining() >= 8).then(|| self.0.get_u64_le())
+    }
+    fn bytes16(&mut self) -> Option<Bytes> {
+        if self.0.remaining() < 2 {
+            return None;
+        }
+        let length = self.0.get_u16_le() as usize;
+        if self.0.remaining() < length {
+            return None;
+        }
+        let (field, rest) = self.0.split_at(length);
+        self.0 = rest;
+        Some(Bytes::copy_from_slice(field))
+    }
+    fn finished(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn decode_body(body: &[u8]) -> Option<Record> {
+    let mut cursor = Cursor(body);
+    let record = match cursor.u8()? {
+        TYPE_ENTRY => {
+            let index = cursor.u64()?;
+            let term = cursor.u64()?;
+            let command = match cursor.u8()? {
+                KIND_GRANT => Command::Grant {
+                    token: cursor.u64()?,
+                    ttl_ms: cursor.u64()?,
+                    key: cursor.bytes16()?,
+                    owner: cursor.bytes16()?,
+                },
+                KIND_RELEASE => Command::Release {
+                    token: cursor.u64()?,
+                    key: cursor.bytes16()?,
+                },
+                KIND_EXTEND => Command::Extend {
+                    token: cursor.u64()?,
+                    ttl_ms: cursor.u64()?,
+                    key: cursor.bytes16()?,
+                },
+                _ => return None,
+            };
+            Record::Entry(Entry {
+                index,
+                term,
+                command,
+            })
+        }
+        TYPE_HARD_STATE => Record::HardState(HardState {
+            term: cursor.u64()?,
+            vote: cursor.u64()?,
+            commit: cursor.u64()?,
+        }),
+        _ => return None,
+    };
+    cursor.finished().then_some(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn command_strategy() -> impl Strategy<Value = Command> {
+        let bytes = || proptest::collection::vec(any::<u8>(), 1..64).prop_map(Bytes::from);
+        prop_oneof![
+            (bytes(), bytes(), any::<u64>(), any::<u64>()).prop_map(
+                |(key, owner, token, ttl_ms)| {
+                    Command::Grant {
+                        key,
+                        owner,
+                        token,
+                        ttl_ms,
+                    }
+                }
+            ),
+            (bytes(), any::<u64>()).prop_map(|(key, token)| Command::Release { key, token }),
+            (bytes(), any::<u64>(), any::<u64>())
+                .prop_map(|(key, token, ttl_ms)| Command::Extend { key, token, ttl_ms }),
+        ]
+    }
+
+    fn record_strategy() -> impl Strategy<Value = Record> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), command_strategy()).prop_map(|(index, term, command)| {
+                Record::Entry(Entry {
+                    index,
+                    term,
+                    command,
+                })
+            }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(term, vote, commit)| {
+                Record::HardState(HardState { term, vote, commit })
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_record_round_trips(records in proptest::collection::vec(record_strategy(), 1..10)) {
+            let mut bytes = Vec::new();
+            for record in &records {
+                record.encode(&mut bytes);
+            }
+            bytes.extend_from_slice(&[0; 16]); // the zero fill
+            let mut offset = 0;
+            for record in &records {
+                let (decoded, size) = Record::decode(&bytes[offset..]).unwrap();
+                prop_assert_eq!(&decoded, record);
+                offset += size;
+            }
+            prop_assert_eq!(Record::decode(&bytes[offset..]), Err(DecodeError::End));
+        }
+
+        #[test]
+        fn every_truncation_point_is_detected(record in record_strategy()) {
+            let mut bytes = Vec::new();
+            record.encode(&mut bytes);
+            for cut in 1..bytes.len() {
+                let mut torn = bytes[..cut].to_vec();
+                torn.resize(bytes.len() + 8, 0); // the rest was never written: zeros
+                let result = Record::decode(&torn);
+                prop_assert!(result.is_err(), "cut at {cut} decoded as {result:?}");
+            }
+        }
+
+        #[test]
+        fn every_flipped_bit_is_detected(record in record_strategy(), bit in any::<prop::sample::Index>()) {
+            let mut bytes = Vec::new();
+            record.encode(&mut bytes);
+            let bit = bit.index(bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            bytes.extend_from_slice(&[0; 8]);
+            match Record::decode(&bytes) {
+                Err(_) => {}
+                Ok((decoded, _)) => prop_assert!(false, "flipped bit {bit} decoded as {decoded:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_format_is_stable() {
+        let mut bytes = Vec::new();
+        Record::Entry(Entry {
+            index: 1,
+            term: 2,
+            command: Command::Release {
+                key: Bytes::from_static(b"k"),
+                token: 3,
+            },
+        })
+        .encode(&mut bytes);
+        let expected_body: Vec<u8> = [
+            &[1u8][..],          // ENTRY
+            &1u64.to_le_bytes(), // index
+            &2u64.to_le_bytes(), // term
+            &[2],                // RELEASE
+            &3u64.to_le_bytes(), // token
+            &[1, 0, b'k'],       // key
+        ]
+        .concat();
+        assert_eq!(&bytes[..4], &(expected_body.len() as u32).to_le_bytes());
+        assert_eq!(&bytes[4..8], &crc32c::crc32c(&expected_body).to_le_bytes());
+        assert_eq!(&bytes[8..], &expected_body[..]);
+    }
+}
