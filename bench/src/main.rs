@@ -107,7 +107,11 @@ async fn run_worker(
         durability: Durability::Ephemeral,
         if_not_held: false,
     });
-    let unlock = Request::Unlock(Unlock { key, owner });
+    let unlock = Request::Unlock(Unlock {
+        key,
+        owner,
+        token: None,
+    });
     let mut errors = 0;
     let mut request_id = 0u32;
     loop {

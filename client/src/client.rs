@@ -10,6 +10,11 @@
 //! The channel is unbounded so that a guard's `Drop` can queue its UNLOCK synchronously,
 //! with or without a tokio runtime; callers are bounded anyway, since each call waits for
 //! its reply.
+//!
+//! Owners: with [`ClientOptions::owner`] set, every lock that names no owner uses it.
+//! Otherwise the client makes a unique base owner when it connects, and each
+//! [`LockBuilder::acquire`] takes the lock as `<base>-<n>`, `n` counting that client's
+//! acquires (see [`Client::owner_for_acquire`]): clones share a connection, never an owner.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::{self, Command, Driver};
 use crate::error::Error;
-use crate::identity::unique_owner;
+use crate::identity::{acquire_owner, unique_owner_base};
 use crate::lock::LockBuilder;
 use crate::options::ClientOptions;
 use crate::outcome::{unexpected, ExtendOutcome, LockState, UnlockOutcome};
@@ -50,7 +55,10 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     address: String,
     options: ClientOptions,
+    /// [`ClientOptions::owner`], or this client's unique base owner.
     owner: Bytes,
+    /// Acquires that made their own owner from the base (none when the owner is set).
+    acquires: AtomicU64,
     hello: watch::Receiver<Arc<HelloOk>>,
     /// The server's wait_ms_max from the latest HELLO, read by every waiting acquire.
     wait_ms_max: Arc<AtomicU64>,
@@ -75,7 +83,7 @@ impl Client {
         options.validate()?;
         let address = address.to_string();
         let (connection, hello) = driver::connect(&address, &options).await?;
-        let owner = options.owner.clone().unwrap_or_else(unique_owner);
+        let owner = options.owner.clone().unwrap_or_else(unique_owner_base);
         let (commands, receiver) = mpsc::unbounded_channel();
         let wait_ms_max = Arc::new(AtomicU64::new(hello.wait_ms_max));
         let (hello_sender, hello) = watch::channel(Arc::new(hello));
@@ -93,6 +101,7 @@ impl Client {
                 address,
                 options,
                 owner,
+                acquires: AtomicU64::new(0),
                 hello,
                 wait_ms_max,
             }),
@@ -104,31 +113,61 @@ impl Client {
         LockBuilder::new(self, key.into())
     }
 
-    /// Releases `key` if `owner` holds it. Not holding it is an outcome, not an error.
+    /// Releases `key` if `owner` holds it, whatever the grant's fencing token. Not holding
+    /// it is an outcome, not an error. See [`Client::unlock_token`] to release only one
+    /// grant.
     pub async fn unlock(
         &self,
         key: impl Into<Bytes>,
         owner: impl Into<Bytes>,
     ) -> Result<UnlockOutcome, Error> {
+        self.unlock_token(key, owner, None).await
+    }
+
+    /// Releases `key` if `owner` holds it under the grant with fencing token `token`
+    /// (`None`: any grant of `owner`, as [`Client::unlock`]). A newer grant to the same
+    /// owner, after the lease of `token` ended, answers [`UnlockOutcome::NotOwner`] and
+    /// stays held. A token of 0 is an [`Error::InvalidRequest`]: no grant has it.
+    pub async fn unlock_token(
+        &self,
+        key: impl Into<Bytes>,
+        owner: impl Into<Bytes>,
+        token: Option<u64>,
+    ) -> Result<UnlockOutcome, Error> {
         let request = Request::Unlock(Unlock {
             key: key.into(),
             owner: owner.into(),
+            token,
         });
         UnlockOutcome::from_response(self.call(request, Duration::ZERO).await?)
     }
 
-    /// Sets the lease of `key` to `ttl` from now if `owner` holds it; the fencing token
-    /// does not change.
+    /// Sets the lease of `key` to `ttl` from now if `owner` holds it, whatever the grant's
+    /// fencing token; the token does not change. See [`Client::extend_token`].
     pub async fn extend(
         &self,
         key: impl Into<Bytes>,
         owner: impl Into<Bytes>,
         ttl: Duration,
     ) -> Result<ExtendOutcome, Error> {
+        self.extend_token(key, owner, ttl, None).await
+    }
+
+    /// Sets the lease of `key` to `ttl` from now if `owner` holds it under the grant with
+    /// fencing token `token` (`None`: any grant of `owner`, as [`Client::extend`]). A newer
+    /// grant to the same owner answers [`ExtendOutcome::NotOwner`] and is left as it is.
+    pub async fn extend_token(
+        &self,
+        key: impl Into<Bytes>,
+        owner: impl Into<Bytes>,
+        ttl: Duration,
+        token: Option<u64>,
+    ) -> Result<ExtendOutcome, Error> {
         let request = Request::Extend(Extend {
             key: key.into(),
             owner: owner.into(),
             ttl_ms: duration_ms(ttl),
+            token,
         });
         ExtendOutcome::from_response(self.call(request, Duration::ZERO).await?)
     }
@@ -162,9 +201,23 @@ impl Client {
         Arc::clone(&self.inner.hello.borrow())
     }
 
-    /// The owner used by locks that do not name one.
+    /// The owner set with [`ClientOptions::owner`], which every lock that names no owner
+    /// uses. Without it, this client's unique base owner: no lock is taken under the base
+    /// itself, each acquire that names no owner takes its own, `<base>-<n>` (see
+    /// [`crate::LockGuard::owner`]), so clones of one client never share a lock.
     pub fn owner(&self) -> &Bytes {
         &self.inner.owner
+    }
+
+    /// The owner for one [`LockBuilder::acquire`] that names none: the configured owner, or
+    /// a new one from the base. The acquire keeps it for all of its own retries, so a LOCK
+    /// sent again after a lost reply is still an idempotent re-acquire.
+    pub(crate) fn owner_for_acquire(&self) -> Bytes {
+        if self.inner.options.owner.is_some() {
+            return self.inner.owner.clone();
+        }
+        let acquire = self.inner.acquires.fetch_add(1, Ordering::Relaxed);
+        acquire_owner(&self.inner.owner, acquire)
     }
 
     /// The address this client connects to, as given to [`Client::connect`].

@@ -13,7 +13,10 @@
 //!
 //! Invariants:
 //! - a request id is never 0 (the server uses 0 for connection-level errors) and never
-//!   shared by two requests in flight on one connection;
+//!   shared by two requests in flight on one connection, counting requests whose callers
+//!   gave up: their ids stay taken until the server answers (see [`crate::pending`]);
+//! - at most [`crate::pending::REQUESTS_IN_FLIGHT_MAX`] requests are in flight; when that
+//!   many are, the driver takes no command until a reply arrives;
 //! - every command taken from the channel gets exactly one reply: its response, or an error
 //!   when the connection is lost or cannot be made. Fire-and-forget commands (the UNLOCK a
 //!   dropped guard sends) have no reply channel;
@@ -23,10 +26,9 @@
 //!
 //! Connections are opened lazily: after a connection is lost the driver waits for the next
 //! command and then reconnects, with bounded attempts and backoff. Timeouts are kept by the
-//! callers (`Client::call`); a request whose caller has gone is not sent, and a reply for it
-//! is dropped.
+//! callers (`Client::call`); a request whose caller has gone before it was written is not
+//! sent, and a reply for one whose caller has gone since is dropped.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +45,7 @@ use tokio_util::codec::Framed;
 
 use crate::error::Error;
 use crate::options::ClientOptions;
+use crate::pending::{PendingRequests, HELLO_REQUEST_ID};
 
 pub(crate) type Connection = Framed<TcpStream, ClientCodec>;
 pub(crate) type ReplySender = oneshot::Sender<Result<Response, Error>>;
@@ -55,14 +58,10 @@ pub(crate) struct Command {
     pub(crate) reply: Option<ReplySender>,
 }
 
-/// The request id of HELLO, sent before any other request on a connection.
-const HELLO_REQUEST_ID: u32 = 1;
 /// Commands taken into the write buffer per turn before responses are read.
 const COMMANDS_PER_TURN_MAX: usize = 1024;
 /// Responses routed per turn before queued commands are taken again.
 const RESPONSES_PER_TURN_MAX: usize = 1024;
-/// Pending requests below which abandoned entries are not swept.
-const SWEEP_PENDING_MIN: usize = 1024;
 
 /// Opens a connection and exchanges HELLO, with up to `connect_attempts_max` attempts and
 /// a doubling pause between them. A final refusal (a non-retryable ERROR to HELLO) ends the
@@ -157,10 +156,8 @@ pub(crate) struct Driver {
     /// A command taken from the channel that is still to be sent (the one that triggered a
     /// reconnect).
     carried: Option<Command>,
-    /// Requests sent and not yet answered, by request id.
-    pending: HashMap<u32, Option<ReplySender>>,
-    next_request_id: u32,
-    sweep_threshold: usize,
+    /// Requests sent and not yet answered, by request id, tombstones included.
+    pending: PendingRequests,
     hello: watch::Sender<Arc<HelloOk>>,
     wait_ms_max: Arc<AtomicU64>,
 }
@@ -178,9 +175,7 @@ impl Driver {
             options,
             commands,
             carried: None,
-            pending: HashMap::new(),
-            next_request_id: HELLO_REQUEST_ID + 1,
-            sweep_threshold: SWEEP_PENDING_MIN,
+            pending: PendingRequests::new(),
             hello,
             wait_ms_max,
         }
@@ -203,7 +198,7 @@ impl Driver {
                 Ended::Closed => return,
                 Ended::Lost(reason) => {
                     tracing::debug!(address = %self.address, %reason, "connection lost");
-                    self.fail_pending(&reason);
+                    self.pending.fail_all(&reason);
                 }
             }
         }
@@ -285,7 +280,9 @@ impl Driver {
         Poll::Pending
     }
 
-    /// Moves queued commands into the write buffer while it has room.
+    /// Moves queued commands into the write buffer while it has room and fewer than
+    /// [`crate::pending::REQUESTS_IN_FLIGHT_MAX`] requests are in flight. When that many
+    /// are, the task is woken by the next response (`poll_responses` has registered for it).
     fn poll_commands(
         &mut self,
         connection: &mut Connection,
@@ -296,6 +293,13 @@ impl Driver {
             return Ok(());
         }
         for _ in 0..COMMANDS_PER_TURN_MAX {
+            if self.pending.is_full() {
+                tracing::trace!(
+                    requests_in_flight = self.pending.len(),
+                    "requests_in_flight_max reached; waiting for replies"
+                );
+                return Ok(());
+            }
             match sink_poll_ready(connection, cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(error)) => return Err(format!("write failed: {error}")),
@@ -321,7 +325,8 @@ impl Driver {
     }
 
     /// Encodes one request into the write buffer. Returns false when its caller has
-    /// already given up, so the request is not sent at all.
+    /// already given up, so the request is not sent at all. When encoding fails the entry
+    /// stays, and is failed with the rest when the connection is dropped.
     fn start_send(
         &mut self,
         connection: &mut Connection,
@@ -334,35 +339,11 @@ impl Driver {
         {
             return Ok(false);
         }
-        let request_id = self.allocate_request_id();
+        let request_id = self.pending.insert(command.reply);
         Pin::new(&mut *connection)
             .start_send((request_id, &command.request))
             .map_err(|error| format!("write failed: {error}"))?;
-        self.pending.insert(request_id, command.reply);
-        self.sweep_abandoned();
         Ok(true)
-    }
-
-    /// The next id that is not 0 and not in flight.
-    fn allocate_request_id(&mut self) -> u32 {
-        loop {
-            let request_id = self.next_request_id;
-            self.next_request_id = self.next_request_id.wrapping_add(1);
-            if request_id != 0 && !self.pending.contains_key(&request_id) {
-                return request_id;
-            }
-        }
-    }
-
-    /// Drops pending entries whose callers have given up (timed out or cancelled), once
-    /// the map has doubled since the last sweep: amortized O(1) per request.
-    fn sweep_abandoned(&mut self) {
-        if self.pending.len() < self.sweep_threshold {
-            return;
-        }
-        self.pending
-            .retain(|_, reply| reply.as_ref().is_none_or(|reply| !reply.is_closed()));
-        self.sweep_threshold = SWEEP_PENDING_MIN.max(2 * self.pending.len());
     }
 
     /// Routes every response that has arrived to its caller.
@@ -381,16 +362,14 @@ impl Driver {
                     ))
                 }
                 Poll::Ready(Some(Ok((request_id, response)))) => {
-                    match self.pending.remove(&request_id) {
-                        Some(sender) => reply(sender, Ok(response)),
-                        None => tracing::trace!(request_id, "reply to an abandoned request"),
+                    if !self.pending.complete(request_id, Ok(response)) {
+                        tracing::trace!(request_id, "reply nobody waits for (dropped)");
                     }
                 }
                 Poll::Ready(Some(Err(ClientDecodeError::Body { request_id, error }))) => {
                     let message = format!("undecodable reply from the server: {error}");
-                    if let Some(sender) = self.pending.remove(&request_id) {
-                        reply(sender, Err(Error::Protocol(message.clone())));
-                    }
+                    self.pending
+                        .complete(request_id, Err(Error::Protocol(message.clone())));
                     return Err(message);
                 }
                 Poll::Ready(Some(Err(ClientDecodeError::Frame(error)))) => {
@@ -402,12 +381,6 @@ impl Driver {
         }
         cx.waker().wake_by_ref();
         Ok(())
-    }
-
-    fn fail_pending(&mut self, reason: &str) {
-        for (_, sender) in self.pending.drain() {
-            reply(sender, Err(Error::connection_lost(reason)));
-        }
     }
 }
 
@@ -432,77 +405,5 @@ fn reply(sender: Option<ReplySender>, result: Result<Response, Error>) {
     if let Some(sender) = sender {
         // The caller may have given up; then nobody wants the answer.
         let _ = sender.send(result);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn driver() -> Driver {
-        let (_commands, receiver) = mpsc::unbounded_channel();
-        let (hello, _) = watch::channel(Arc::new(HelloOk {
-            version: VERSION,
-            server_name: "test".into(),
-            shard_count: 1,
-            frame_bytes_max: 0,
-            key_bytes_max: 0,
-            owner_bytes_max: 0,
-            ttl_ms_max: 0,
-            wait_ms_max: 0,
-        }));
-        Driver::new(
-            "127.0.0.1:1".into(),
-            ClientOptions::default(),
-            receiver,
-            hello,
-            Arc::new(AtomicU64::new(0)),
-        )
-    }
-
-    #[test]
-    fn request_ids_wrap_around_skipping_zero_and_ids_in_flight() {
-        let mut driver = driver();
-        driver.next_request_id = u32::MAX;
-        driver.pending.insert(1, None);
-        assert_eq!(driver.allocate_request_id(), u32::MAX);
-        assert_eq!(
-            driver.allocate_request_id(),
-            2,
-            "0 is reserved, 1 is in flight"
-        );
-    }
-
-    #[test]
-    fn sweeping_drops_abandoned_requests_and_keeps_the_rest() {
-        let mut driver = driver();
-        let mut kept = Vec::new();
-        for request_id in 1..=SWEEP_PENDING_MIN as u32 {
-            let (sender, receiver) = oneshot::channel();
-            driver.pending.insert(request_id, Some(sender));
-            if request_id % 2 == 0 {
-                kept.push(receiver);
-            }
-        }
-        driver.pending.insert(0x7fff_ffff, None);
-        driver.sweep_abandoned();
-        assert_eq!(
-            driver.pending.len(),
-            kept.len() + 1,
-            "fire-and-forget entries stay"
-        );
-        assert!(driver.sweep_threshold >= SWEEP_PENDING_MIN);
-    }
-
-    #[test]
-    fn lost_connections_fail_every_pending_request_once() {
-        let mut driver = driver();
-        let (sender, mut receiver) = oneshot::channel();
-        driver.pending.insert(5, Some(sender));
-        driver.pending.insert(6, None);
-        driver.fail_pending("reset by peer");
-        assert!(driver.pending.is_empty());
-        let error = receiver.try_recv().unwrap().unwrap_err();
-        assert!(matches!(error, Error::ConnectionLost { ref reason } if reason == "reset by peer"));
     }
 }

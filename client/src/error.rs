@@ -67,8 +67,11 @@ impl Error {
     /// the connection broke, the reply timed out, or the server answered with a retryable
     /// code (TOO_MANY_WAITERS, SHUTTING_DOWN, ...).
     ///
-    /// Retrying LOCK (without `if_not_held`), EXTEND, GET, PING and INFO is safe: a LOCK by
-    /// the current holder is an idempotent re-acquire (same token). A retried UNLOCK whose
+    /// Retrying LOCK (without `if_not_held`) with the same owner, EXTEND, GET, PING and
+    /// INFO is safe: a LOCK by the current holder is an idempotent re-acquire (same token).
+    /// `acquire` does this itself within its wait. A new `acquire` with the default owner is
+    /// a new owner: a grant the failed one may have left ends with its lease; name an owner
+    /// ([`crate::LockBuilder::owner`]) to retry across acquires. A retried UNLOCK whose
     /// first copy was applied answers "not held".
     pub fn is_retryable(&self) -> bool {
         self.class() == ErrorClass::Retryable

@@ -1,11 +1,13 @@
-//! Default names: the host name, the user name, and the owner a [`crate::Client`] uses when
+//! Default names: the host name, the user name, and the owners a [`crate::Client`] uses when
 //! none is given.
 //!
 //! An owner is what makes a LOCK by the current holder an idempotent re-acquire, so two
-//! processes must never share a default owner by accident. The library's default is unique
-//! per `Client`: `host-pid-start-counter`, where `start` (the process start time) keeps a
-//! recycled pid from taking over a dead process's unexpired lease. The CLI chooses the
-//! opposite on purpose (a stable `user@host`, see `kahu-cli --help`).
+//! acquires must never share a default owner by accident: not two processes, not two
+//! clients, not two tasks sharing one client. The library's default is unique per acquire:
+//! `host-pid-start-client-acquire`, where `start` (the process start time) keeps a recycled
+//! pid from taking over a dead process's unexpired lease, `client` counts the clients of
+//! this process and `acquire` the acquires of that client. The CLI chooses the opposite on
+//! purpose (a stable `user@host`, see `kahu-cli --help`).
 //!
 //! Everything here is best effort and never fails: a missing host name becomes `localhost`,
 //! a missing user name `unknown`. No `unsafe` (the workspace forbids it), so no
@@ -16,7 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use kahu_protocol::limits::OWNER_BYTES_MAX;
+
+/// The longest suffix [`acquire_owner`] adds to a base: `-` and a u64 in decimal.
+const ACQUIRE_SUFFIX_BYTES_MAX: usize = 1 + 20;
 
 /// The name of this host: `$HOSTNAME`, the kernel's (`/proc/sys/kernel/hostname`),
 /// `/etc/hostname`, then the `hostname` command; `localhost` when all fail. Computed once.
@@ -48,9 +54,10 @@ pub fn user_name() -> &'static str {
     })
 }
 
-/// A new owner, different from every other owner this process or any other process on
-/// this host makes: `host-pid-start-counter`.
-pub(crate) fn unique_owner() -> Bytes {
+/// A new base owner, different from every other base this process or any other process on
+/// this host makes: `host-pid-start-client`. Short enough that [`acquire_owner`] can add
+/// any suffix within `owner_bytes_max`.
+pub(crate) fn unique_owner_base() -> Bytes {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static PROCESS_START: OnceLock<u64> = OnceLock::new();
     let start = *PROCESS_START.get_or_init(|| {
@@ -60,7 +67,17 @@ pub(crate) fn unique_owner() -> Bytes {
     });
     let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
     let owner = format!("{}-{}-{start:x}-{counter}", host_name(), std::process::id());
-    Bytes::from(truncate(owner, kahu_protocol::limits::OWNER_BYTES_MAX))
+    Bytes::from(truncate(owner, OWNER_BYTES_MAX - ACQUIRE_SUFFIX_BYTES_MAX))
+}
+
+/// The owner of acquire number `acquire` of the client whose base is `base`:
+/// `<base>-<acquire>`. Distinct bases and distinct numbers give distinct owners.
+pub(crate) fn acquire_owner(base: &[u8], acquire: u64) -> Bytes {
+    let suffix = format!("-{acquire}");
+    let mut owner = BytesMut::with_capacity(base.len() + suffix.len());
+    owner.put_slice(base);
+    owner.put_slice(suffix.as_bytes());
+    owner.freeze()
 }
 
 fn command_output(program: &str, arguments: &[&str]) -> Option<String> {
@@ -99,8 +116,8 @@ mod tests {
 
     #[test]
     fn unique_owners_differ_and_are_valid() {
-        let first = unique_owner();
-        let second = unique_owner();
+        let first = unique_owner_base();
+        let second = unique_owner_base();
         assert_ne!(first, second);
         kahu_protocol::request::validate_owner(&first).unwrap();
         let text = std::str::from_utf8(&first).unwrap();
@@ -109,6 +126,23 @@ mod tests {
             text.contains(&format!("-{}-", std::process::id())),
             "{text}"
         );
+    }
+
+    #[test]
+    fn acquire_owners_extend_the_base_and_stay_within_the_limit() {
+        let base = unique_owner_base();
+        let first = acquire_owner(&base, 0);
+        assert_eq!(&first[..base.len()], &base[..]);
+        assert_eq!(&first[base.len()..], b"-0");
+        assert_ne!(first, acquire_owner(&base, 1));
+
+        let longest_base = truncate(
+            "h".repeat(OWNER_BYTES_MAX * 2),
+            OWNER_BYTES_MAX - ACQUIRE_SUFFIX_BYTES_MAX,
+        );
+        let longest = acquire_owner(longest_base.as_bytes(), u64::MAX);
+        assert_eq!(longest.len(), OWNER_BYTES_MAX);
+        kahu_protocol::request::validate_owner(&longest).unwrap();
     }
 
     #[test]

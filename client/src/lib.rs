@@ -44,13 +44,30 @@
 //! [`LockGuard::fencing_token`]. Pass the token to the storage the lock protects, so it can
 //! reject a holder whose lease ran out while it was paused.
 //!
-//! Each `Client` has its own unique owner by default, so a LOCK by a client that already
-//! holds the lock is an idempotent re-acquire (same token, lease reset) and two clients
-//! never share a lock by accident. [`LockBuilder::if_not_held`] refuses even the current
-//! owner; `kahu-cli` uses it because every run by one user on one host shares an owner.
+//! # Owners
+//!
+//! The server grants a lock to an *owner*, and a LOCK by the owner that already holds the
+//! lock is an idempotent re-acquire (same token, lease reset): that is what makes resending
+//! a LOCK after a lost reply safe. So by default every [`LockBuilder::acquire`] has its own
+//! unique owner: the client's base owner ([`Client::owner`], unique per `Client`) and a
+//! number counting that client's acquires, kept for all of that acquire's own retries. Two
+//! acquires never share a lock by accident, even two tasks using clones of one `Client`:
+//! exactly one gets it.
+//!
+//! Name an owner ([`ClientOptions::owner`] for the client, [`LockBuilder::owner`] for one
+//! lock) when acquires should share a lock: all of them then re-enter each other's locks,
+//! a restarted process can take back its lock, and [`Client::unlock`] by key and owner
+//! works from anywhere. [`LockBuilder::if_not_held`] refuses even the current owner;
+//! `kahu-cli` uses it because every run by one user on one host shares an owner.
+//!
+//! A [`LockGuard`] sends its fencing token with its UNLOCK and EXTEND (and with the UNLOCK
+//! its drop sends), so a guard whose lease ended never releases or extends a later grant,
+//! even one to the same owner.
 //!
 //! Lock operations by key and owner, without a guard: [`Client::unlock`],
-//! [`Client::extend`], [`Client::get`]; and [`Client::ping`], [`Client::info`].
+//! [`Client::extend`] (any grant of the owner), [`Client::unlock_token`],
+//! [`Client::extend_token`] (one grant, by fencing token), [`Client::get`]; and
+//! [`Client::ping`], [`Client::info`].
 
 mod client;
 mod driver;
@@ -59,6 +76,7 @@ mod identity;
 mod lock;
 mod options;
 mod outcome;
+mod pending;
 
 pub use client::Client;
 pub use error::Error;

@@ -17,6 +17,16 @@
 //! A lease is counted from when the granting LOCK was sent, never from when the reply
 //! arrived, so the client's view of its lease ([`LockGuard::lease_expires_at`]) ends no
 //! later than the server's.
+//!
+//! Owner: unless one is named ([`LockBuilder::owner`], [`crate::ClientOptions::owner`]),
+//! each `acquire` makes its own (see [`Client::owner`]) and sends every one of its LOCKs
+//! (retries, chunks, polls) with it: a LOCK sent again after a lost reply is an idempotent
+//! re-acquire, yet two acquires, even through clones of one client, never both get the lock.
+//!
+//! A guard acts on its own grant only: its UNLOCK and EXTEND carry its fencing token, so
+//! once its lease has ended and the lock was granted again, even to the same owner (every
+//! `kahu-cli` run of a user shares one), the guard can neither release nor extend the new
+//! grant: the server answers NOT_OWNER.
 
 use std::time::{Duration, Instant};
 
@@ -101,7 +111,15 @@ impl<'a> LockBuilder<'a> {
         self
     }
 
-    /// Who takes the lock (default: the client's owner, see [`Client::owner`]).
+    /// Who takes the lock. Default: the owner set with [`crate::ClientOptions::owner`];
+    /// without one, a new owner for this acquire alone (the client's base owner and a
+    /// number, see [`Client::owner`]), so two acquires never share the lock.
+    ///
+    /// Name an owner to share locks on purpose: a LOCK by the current holder is then an
+    /// idempotent re-acquire (same token, lease reset), across acquires, clients and
+    /// processes. That is also what makes retrying a failed `acquire` safe: a timed-out
+    /// LOCK may have been granted, and only the same owner can take it again (or release it
+    /// by key with [`Client::unlock`]) before its lease ends.
     pub fn owner(mut self, owner: impl Into<Bytes>) -> Self {
         self.owner = Some(owner.into());
         self
@@ -134,10 +152,11 @@ impl<'a> LockBuilder<'a> {
     /// invalid settings (caught before sending), server refusals (for example UNSUPPORTED
     /// for persistent locks) and connection failures.
     pub async fn acquire(self) -> Result<LockGuard, Error> {
+        // One owner for every LOCK of this acquire: retries stay idempotent.
         let owner = self
             .owner
             .clone()
-            .unwrap_or_else(|| self.client.owner().clone());
+            .unwrap_or_else(|| self.client.owner_for_acquire());
         let started = Instant::now();
         let deadline = started
             .checked_add(self.wait)
@@ -251,8 +270,10 @@ impl Grant {
 /// [`LockGuard::release`] to learn the result, or [`LockGuard::detach`] to leave the lock
 /// to its lease.
 ///
-/// Guards are per owner, not per guard: two guards for one key and one owner (a
-/// re-acquire) share one lock, and releasing either releases it.
+/// A guard's UNLOCK and EXTEND carry its fencing token, so they act on its own grant only,
+/// never on a later grant of the same key to the same owner. Two guards of one grant (a
+/// re-acquire by a named owner keeps the token) share one lock, and releasing either
+/// releases it.
 #[derive(Debug)]
 #[must_use = "dropping a LockGuard releases its lock at once"]
 pub struct LockGuard {
@@ -280,6 +301,8 @@ impl LockGuard {
         &self.key
     }
 
+    /// The owner the LOCKs were sent with: the one named (builder or client options), or
+    /// the one this acquire made for itself (`<client base>-<n>`).
     pub fn owner(&self) -> &Bytes {
         &self.owner
     }
@@ -306,14 +329,21 @@ impl LockGuard {
         self.holder.as_ref()
     }
 
-    /// Sets the lease to `ttl` from now; the fencing token does not change. When the answer
-    /// is not [`ExtendOutcome::Extended`] the lock was lost (its lease ran out) and the
-    /// guard no longer releases it on drop.
+    /// Sets the lease to `ttl` from now; the fencing token does not change. EXTEND carries
+    /// the guard's token, so it never extends a later grant to the same owner. When the
+    /// answer is not [`ExtendOutcome::Extended`] the grant was lost (its lease ran out) and
+    /// the guard no longer releases it on drop. A guard that was not acquired sends nothing
+    /// and answers [`ExtendOutcome::NotHeld`].
     pub async fn extend(&mut self, ttl: Duration) -> Result<ExtendOutcome, Error> {
+        let Some(token) = self.fencing_token() else {
+            return Ok(ExtendOutcome::NotHeld {
+                last_fencing_token: None,
+            });
+        };
         let sent_at = Instant::now();
         let outcome = self
             .client
-            .extend(self.key.clone(), self.owner.clone(), ttl)
+            .extend_token(self.key.clone(), self.owner.clone(), ttl, Some(token))
             .await?;
         if let Some(grant) = &mut self.grant {
             match &outcome {
@@ -335,36 +365,46 @@ impl LockGuard {
         self.client.get(self.key.clone()).await
     }
 
-    /// Releases the lock and returns the server's answer. A guard that was not acquired
-    /// sends nothing and answers [`UnlockOutcome::NotHeld`]. When the UNLOCK fails (for
-    /// example the connection broke), the guard's drop sends it once more in the background.
+    /// Releases the lock and returns the server's answer. UNLOCK carries the guard's token,
+    /// so a later grant to the same owner is never released: it answers
+    /// [`UnlockOutcome::NotOwner`]. A guard that was not acquired sends nothing and answers
+    /// [`UnlockOutcome::NotHeld`]. When the UNLOCK fails (for example the connection broke),
+    /// the guard's drop sends it once more in the background.
+    ///
+    /// UNLOCK is sent even when [`LockGuard::lease_expires_at`] has passed: the client's
+    /// count starts when the LOCK was sent, so the server may still hold the grant a little
+    /// longer, and the token makes the UNLOCK harmless if it does not.
     pub async fn release(mut self) -> Result<UnlockOutcome, Error> {
-        if self.grant.is_none() {
+        let Some(token) = self.fencing_token() else {
             return Ok(UnlockOutcome::NotHeld {
                 last_fencing_token: None,
             });
-        }
+        };
         let outcome = self
             .client
-            .unlock(self.key.clone(), self.owner.clone())
+            .unlock_token(self.key.clone(), self.owner.clone(), Some(token))
             .await?;
         self.unlock_on_drop = false;
         Ok(outcome)
     }
 
     /// Leaves the lock held until its lease runs out or someone unlocks it by key and
-    /// owner (what `kahu-cli --lock` does). Nothing is sent.
+    /// owner (what `kahu-cli --lock` does; with a default owner, that is
+    /// [`LockGuard::owner`]). Nothing is sent.
     pub fn detach(mut self) {
         self.unlock_on_drop = false;
     }
 }
 
 impl Drop for LockGuard {
+    /// Sends UNLOCK for this guard's grant (with its token), whether or not its lease has
+    /// ended by the client's count, as [`LockGuard::release`] does.
     fn drop(&mut self) {
-        if self.grant.is_some() && self.unlock_on_drop {
+        if let (Some(grant), true) = (self.grant, self.unlock_on_drop) {
             self.client.send_and_forget(Request::Unlock(Unlock {
                 key: self.key.clone(),
                 owner: self.owner.clone(),
+                token: Some(grant.fencing_token),
             }));
         }
     }

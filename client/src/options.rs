@@ -92,9 +92,15 @@ impl ClientOptions {
         self
     }
 
-    /// The owner used by locks that do not name one. By default each `Client` makes a
-    /// unique owner (`host-pid-start-counter`), so two clients never share a lock by
-    /// accident. Set a stable owner to re-acquire your own locks after a restart.
+    /// The owner of every lock that does not name one, shared by all of them on purpose: a
+    /// LOCK by this owner for a lock it already holds is an idempotent re-acquire (same
+    /// token, lease reset), from any clone, client or process. Set a stable owner to take
+    /// back your own locks after a restart, or to release them by key and owner.
+    ///
+    /// Default: none. Each `Client` then makes a unique base owner
+    /// (`host-pid-start-client`) and each acquire takes the lock as `<base>-<n>`, kept for
+    /// that acquire's own retries, so no two acquires share a lock by accident, even two
+    /// tasks sharing one `Client`.
     pub fn owner(mut self, owner: impl Into<Bytes>) -> Self {
         self.owner = Some(owner.into());
         self

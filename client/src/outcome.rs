@@ -37,7 +37,8 @@ impl From<Busy> for Holder {
 pub enum UnlockOutcome {
     /// The lock was ours and is now free; the next waiter, if any, gets it.
     Released { fencing_token: u64 },
-    /// Someone else holds the lock; nothing changed.
+    /// Another grant holds the lock; nothing changed. It is another owner's, or, when the
+    /// UNLOCK named a fencing token, possibly a later grant to the same owner.
     NotOwner(Holder),
     /// Nobody holds the lock (it was never taken, was released, or its lease ran out).
     NotHeld { last_fencing_token: Option<u64> },
@@ -67,7 +68,9 @@ impl UnlockOutcome {
 pub enum ExtendOutcome {
     /// The lease now ends `ttl` after the request was sent; the token is unchanged.
     Extended { fencing_token: u64, ttl: Duration },
-    /// Someone else holds the lock: ours was lost (its lease ran out and it was taken).
+    /// Another grant holds the lock: ours was lost (its lease ran out and the lock was
+    /// granted again: to another owner, or, when the EXTEND named a fencing token, possibly
+    /// to the same owner).
     NotOwner(Holder),
     /// Nobody holds the lock: ours was lost (its lease ran out).
     NotHeld { last_fencing_token: Option<u64> },

@@ -7,7 +7,7 @@
 //! (`KAHU_ADDR`, `KAHU_OWNER`) so the caller's shell does not leak into the results. Every
 //! loop is bounded in count and time; every server started is shut down.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -203,6 +203,87 @@ fn another_owner_is_not_owner_and_kahu_owner_sets_the_owner() {
 }
 
 #[test]
+fn unlock_and_extend_with_a_token_act_on_that_grant_only() {
+    let fixture = Fixture::start();
+    let owner = default_owner();
+
+    // Phase 1: a first run's grant is released by key, and a later run of the same owner
+    // takes the lock again, with a larger token.
+    let (code, first) = fixture.json(&["--lock", "grant", "--expires", "60000"]);
+    assert_eq!(code, 0, "{first}");
+    let first_token = first["fencingToken"].as_u64().unwrap();
+    let (code, _) = fixture.json(&["--unlock", "grant"]);
+    assert_eq!(code, 0);
+    let (code, later) = fixture.json(&["--lock", "grant", "--expires", "60000"]);
+    assert_eq!(code, 0, "{later}");
+    let later_token = later["fencingToken"].as_u64().unwrap();
+    assert!(later_token > first_token);
+
+    // Phase 2: with the first token, extend and unlock answer "not owner" (exit 1) and name
+    // the later grant; the JSON shape is unchanged.
+    let first_flag = first_token.to_string();
+    let (code, extend) = fixture.json(&[
+        "--extend-lock",
+        "grant",
+        "--expires",
+        "1000",
+        "--token",
+        &first_flag,
+    ]);
+    assert_eq!(
+        (code, &extend["status"]),
+        (1, &Value::from("notOwner")),
+        "{extend}"
+    );
+    assert_eq!(extend["isExtended"], false);
+    assert_eq!(extend["holder"]["owner"], owner.as_str());
+    assert_eq!(extend["holder"]["fencingToken"], later_token);
+    let (code, unlock) = fixture.json(&["--unlock", "grant", "--token", &first_flag]);
+    assert_eq!(
+        (code, &unlock["status"]),
+        (1, &Value::from("notOwner")),
+        "{unlock}"
+    );
+    let client = fixture.client();
+    let LockState::Held(held) = fixture.get(&client, "grant") else {
+        panic!("the later grant is still held");
+    };
+    assert_eq!(held.fencing_token, later_token);
+    assert!(held.remaining > Duration::from_secs(1), "not extended");
+
+    // Phase 3: with the later grant's token, both act.
+    let later_flag = later_token.to_string();
+    let (code, extend) = fixture.json(&[
+        "--extend-lock",
+        "grant",
+        "--expires",
+        "30000",
+        "--token",
+        &later_flag,
+    ]);
+    assert_eq!(
+        (code, &extend["isExtended"]),
+        (0, &Value::Bool(true)),
+        "{extend}"
+    );
+    let (code, unlock) = fixture.json(&["--unlock", "grant", "--token", &later_flag]);
+    assert_eq!(
+        (code, &unlock["fencingToken"]),
+        (0, &Value::from(later_token)),
+        "{unlock}"
+    );
+
+    // Phase 4: a token of 0, or a token for another command, is a usage error.
+    for arguments in [
+        &["--unlock", "grant", "--token", "0"][..],
+        &["--get-lock", "grant", "--token", "5"],
+    ] {
+        let output = fixture.run(arguments);
+        assert_eq!(exit_code(&output), 2, "{arguments:?}");
+    }
+}
+
+#[test]
 fn text_output_is_one_readable_line() {
     let fixture = Fixture::start();
     let output = fixture.run(&["--lock", "text-lock", "--expires", "5000"]);
@@ -340,6 +421,61 @@ fn the_shell_reads_a_pipe_and_releases_its_locks_on_exit() {
     assert!(text.contains("acquired shell-c"), "{text}");
     assert!(text.contains("released shell-c"), "{text}");
     assert!(!fixture.get(&client, "shell-c").is_locked());
+}
+
+#[test]
+fn the_shell_never_releases_a_later_grant_to_its_owner_on_exit() {
+    let fixture = Fixture::start();
+    let client = fixture.client();
+
+    // Phase 1: the shell takes backup-lock for 200 ms and stays open.
+    let mut shell = fixture
+        .command()
+        .args(["--format", "json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = shell.stdin.take().unwrap();
+    let mut lines = BufReader::new(shell.stdout.take().unwrap()).lines();
+    input.write_all(b"lock backup-lock 200\n").unwrap();
+    let locked: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(locked["isAcquired"], true, "{locked}");
+
+    // Phase 2: its lease ends; a script of the same user (same owner) takes the lock.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for _ in 0..100 {
+        if !fixture.get(&client, "backup-lock").is_locked() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !fixture.get(&client, "backup-lock").is_locked(),
+        "the lease ends"
+    );
+    let (code, script) = fixture.json(&["--lock", "backup-lock", "--expires", "60000"]);
+    assert_eq!(code, 0, "{script}");
+    let script_token = script["fencingToken"].as_u64().unwrap();
+
+    // Phase 3: `exit` answers "not owner" for the shell's grant, and the script keeps its
+    // lock.
+    input.write_all(b"exit\n").unwrap();
+    drop(input);
+    let released: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (&released["resource"], &released["status"]),
+        (&Value::from("backup-lock"), &Value::from("notOwner")),
+        "{released}"
+    );
+    assert_eq!(released["holder"]["fencingToken"], script_token);
+    assert!(lines.next().is_none(), "nothing else is printed");
+    assert_eq!(exit_code(&shell.wait_with_output().unwrap()), 0);
+    let LockState::Held(held) = fixture.get(&client, "backup-lock") else {
+        panic!("the script's lock was released by the shell");
+    };
+    assert_eq!(held.fencing_token, script_token);
 }
 
 const BACKUP_SCRIPT: &str = r#"

@@ -1,13 +1,18 @@
 //! The client against the real server, started in process on 127.0.0.1 port 0: the lock
-//! contract as a client sees it (grant, refuse, hand-off, extend, release, leases), guards
-//! releasing on drop, pipelining on one connection, and reconnecting after a restart.
+//! contract as a client sees it (grant, refuse, hand-off, extend, release, leases), owners
+//! per acquire, guards acting on their own grant only, guards releasing on drop, pipelining
+//! on one connection, and reconnecting after a restart.
 //!
-//! Every loop is bounded in count and time; every server started is shut down.
+//! Phases that need a request to be queued on the server wait for GET to show it
+//! (`wait_for_waiters`), never for a fixed time. Every loop is bounded in count and time;
+//! every server started is shut down.
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use kahu_client::{
-    Client, ClientOptions, Durability, ErrorCode, ExtendOutcome, LockState, UnlockOutcome,
+    Client, ClientOptions, Durability, ErrorCode, ExtendOutcome, LockGuard, LockState,
+    UnlockOutcome,
 };
 use kahu_server::{Config, RunningServer, Server};
 use tempfile::TempDir;
@@ -37,6 +42,13 @@ impl TestServer {
         Client::connect(self.server.local_addr()).await.unwrap()
     }
 
+    async fn client_with_owner(&self, owner: &'static str) -> Client {
+        let options = ClientOptions::default().owner(owner);
+        Client::connect_with(self.server.local_addr(), options)
+            .await
+            .unwrap()
+    }
+
     async fn shutdown(self) {
         self.server.shutdown().await;
     }
@@ -55,6 +67,24 @@ async fn wait_for_state(client: &Client, key: &str, done: impl Fn(&LockState) ->
     panic!("`{key}` never reached the state");
 }
 
+/// Polls `key` until it is held with exactly `waiters` requests queued.
+async fn wait_for_waiters(client: &Client, key: &str, waiters: u32) {
+    wait_for_state(
+        client,
+        key,
+        |state| matches!(state, LockState::Held(held) if held.waiters == waiters),
+    )
+    .await;
+}
+
+/// Polls `key` until `owner` holds it with exactly `waiters` requests queued.
+async fn wait_for_holder(client: &Client, key: &str, owner: &Bytes, waiters: u32) {
+    wait_for_state(client, key, |state| {
+        matches!(state, LockState::Held(held) if held.owner == owner && held.waiters == waiters)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_extend_get_unlock() {
     let server = TestServer::start().await;
@@ -71,13 +101,16 @@ async fn lock_extend_get_unlock() {
     assert!(guard.is_acquired());
     let token = guard.fencing_token().unwrap();
     assert!(token > 0);
-    assert_eq!(guard.owner(), client.owner());
+    assert!(
+        guard.owner().starts_with(client.owner()),
+        "the acquire's own owner"
+    );
 
     // Phase 2: GET shows it held by us, with the same token.
     let LockState::Held(held) = guard.info().await.unwrap() else {
         panic!("the lock is held");
     };
-    assert_eq!((&held.owner, held.fencing_token), (client.owner(), token));
+    assert_eq!((&held.owner, held.fencing_token), (guard.owner(), token));
     assert!(held.remaining <= Duration::from_secs(5));
     assert_eq!(held.durability, Durability::Ephemeral);
 
@@ -119,17 +152,22 @@ async fn another_owner_is_refused_then_waits_for_the_hand_off() {
     // Phase 1: without a wait, Bob is told at once, with the holder named.
     let refused = bob.lock("printer").acquire().await.unwrap();
     assert!(!refused.is_acquired());
-    assert_eq!(&refused.holder().unwrap().owner, alice.owner());
+    assert_eq!(&refused.holder().unwrap().owner, alice_guard.owner());
 
-    // Phase 2: Bob queues on the server; Alice releases; Bob gets a larger token.
-    let waiting = bob.lock("printer").wait(Duration::from_secs(5)).acquire();
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        alice_guard.release().await.unwrap()
+    // Phase 2: Bob queues on the server (GET shows one waiter); Alice releases; Bob gets a
+    // larger token.
+    let waiting = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            bob.lock("printer")
+                .wait(Duration::from_secs(5))
+                .acquire()
+                .await
+        })
     };
-    let (bob_guard, released) = tokio::join!(waiting, release);
-    assert!(released.is_released());
-    let bob_guard = bob_guard.unwrap();
+    wait_for_waiters(&alice, "printer", 1).await;
+    assert!(alice_guard.release().await.unwrap().is_released());
+    let bob_guard = waiting.await.unwrap().unwrap();
     assert!(bob_guard.is_acquired());
     assert!(bob_guard.fencing_token().unwrap() > alice_token);
     bob_guard.release().await.unwrap();
@@ -137,16 +175,28 @@ async fn another_owner_is_refused_then_waits_for_the_hand_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_owner_reenters_unless_if_not_held() {
+async fn a_named_owner_reenters_unless_if_not_held() {
     let server = TestServer::start().await;
-    let client = server.client().await;
+    let client = server.client_with_owner("cron@host1").await;
     let first = client.lock("cron").acquire().await.unwrap();
+    assert_eq!(first.owner(), "cron@host1");
 
-    let again = client.lock("cron").acquire().await.unwrap();
+    // Phase 1: the client's owner re-enters, from another clone too; so does a builder's.
+    let again = client.clone().lock("cron").acquire().await.unwrap();
     assert!(again.is_acquired() && again.was_reentered());
     assert_eq!(again.fencing_token(), first.fencing_token());
     again.detach();
+    let other = server.client().await;
+    let named = other
+        .lock("cron")
+        .owner("cron@host1")
+        .acquire()
+        .await
+        .unwrap();
+    assert!(named.was_reentered());
+    named.detach();
 
+    // Phase 2: if_not_held refuses even the holder.
     let refused = client
         .lock("cron")
         .if_not_held(true)
@@ -155,6 +205,94 @@ async fn the_same_owner_reenters_unless_if_not_held() {
         .unwrap();
     assert!(!refused.is_acquired());
     first.release().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_of_one_client_racing_for_one_lock_get_it_once() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    for round in 0..20 {
+        let key = format!("race-{round}");
+        let racers = (0..2).map(|_| {
+            let client = client.clone();
+            let key = key.clone();
+            tokio::spawn(async move { client.lock(key).acquire().await.unwrap() })
+        });
+        let guards: Vec<LockGuard> = futures::future::try_join_all(racers).await.unwrap();
+        let winners: Vec<&LockGuard> = guards.iter().filter(|guard| guard.is_acquired()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one holder");
+        let loser = guards.iter().find(|guard| !guard.is_acquired()).unwrap();
+        assert_eq!(&loser.holder().unwrap().owner, winners[0].owner());
+        assert_ne!(loser.owner(), winners[0].owner());
+    }
+    server.shutdown().await;
+}
+
+/// A guard for `key` whose lease (100 ms) has ended on the server.
+async fn guard_whose_lease_ended(client: &Client, key: &str) -> LockGuard {
+    let guard = client
+        .lock(key.to_string())
+        .ttl(Duration::from_millis(100))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(guard.is_acquired());
+    wait_for_state(client, key, |state| !state.is_locked()).await;
+    guard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_whose_lease_ended_never_touches_a_later_grant_to_its_owner() {
+    // One owner for a shell and a script, as kahu-cli does for one user on one host.
+    let server = TestServer::start().await;
+    let shell = server.client_with_owner("alice@host1").await;
+    let script = server.client_with_owner("alice@host1").await;
+
+    // Phase 1: the shell's lease ends; the script takes the lock, with a larger token.
+    let mut stale = guard_whose_lease_ended(&shell, "backup-lock").await;
+    let fresh = script.lock("backup-lock").acquire().await.unwrap();
+    assert!(fresh.is_acquired() && !fresh.was_reentered());
+    let fresh_token = fresh.fencing_token().unwrap();
+    assert!(fresh_token > stale.fencing_token().unwrap());
+
+    // Phase 2: the shell's guard can neither extend nor release the script's grant.
+    let extended = stale.extend(Duration::from_secs(60)).await.unwrap();
+    let ExtendOutcome::NotOwner(holder) = extended else {
+        panic!("a later grant is not extended: {extended:?}");
+    };
+    assert_eq!(
+        (holder.owner.as_ref(), holder.fencing_token),
+        (&b"alice@host1"[..], fresh_token)
+    );
+    let released = stale.release().await.unwrap();
+    assert!(
+        matches!(released, UnlockOutcome::NotOwner(_)),
+        "{released:?}"
+    );
+
+    // Phase 3: nor can a stale guard's drop (its UNLOCK goes out before this GET, on the
+    // same connection).
+    let dropped = guard_whose_lease_ended(&shell, "report-lock").await;
+    let report = script.lock("report-lock").acquire().await.unwrap();
+    drop(dropped);
+    for (key, guard) in [("backup-lock", &fresh), ("report-lock", &report)] {
+        let LockState::Held(held) = shell.get(key).await.unwrap() else {
+            panic!("`{key}` is still the script's");
+        };
+        assert_eq!(Some(held.fencing_token), guard.fencing_token(), "{key}");
+    }
+
+    // Phase 4: by key and owner, without a token, any grant of the owner is released.
+    let by_key = shell.unlock("backup-lock", "alice@host1").await.unwrap();
+    assert_eq!(
+        by_key,
+        UnlockOutcome::Released {
+            fencing_token: fresh_token
+        }
+    );
+    fresh.detach();
+    report.release().await.unwrap();
     server.shutdown().await;
 }
 
@@ -204,7 +342,7 @@ async fn unlock_and_extend_by_key_name_the_refusal() {
     let UnlockOutcome::NotOwner(holder) = not_owner else {
         panic!("Bob does not own the door: {not_owner:?}");
     };
-    assert_eq!(&holder.owner, alice.owner());
+    assert_eq!(&holder.owner, guard.owner());
     let extend = bob
         .extend("door", bob.owner().clone(), Duration::from_secs(1))
         .await
@@ -240,7 +378,17 @@ async fn pipelined_requests_share_one_connection_and_a_wait_blocks_nothing() {
     let held = holder.lock("busy").acquire().await.unwrap();
 
     // Phase 1: a LOCK queues on the server for up to 3 s ...
-    let waiting = client.lock("busy").wait(Duration::from_secs(3)).acquire();
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .lock("busy")
+                .wait(Duration::from_secs(3))
+                .acquire()
+                .await
+        })
+    };
+    wait_for_waiters(&holder, "busy", 1).await;
 
     // Phase 2: ... while 200 requests on the same connection are answered.
     let burst = async {
@@ -263,9 +411,9 @@ async fn pipelined_requests_share_one_connection_and_a_wait_blocks_nothing() {
         held.release().await.unwrap();
         elapsed
     };
-    let (waited, burst_time) = tokio::join!(waiting, burst);
+    let burst_time = burst.await;
     assert!(burst_time < Duration::from_secs(3), "{burst_time:?}");
-    let waited = waited.unwrap();
+    let waited = waiting.await.unwrap().unwrap();
     assert!(waited.is_acquired());
     waited.release().await.unwrap();
     server.shutdown().await;
@@ -280,35 +428,55 @@ async fn a_full_waiter_queue_is_polled_within_the_wait() {
     let held = holder.lock("queue").acquire().await.unwrap();
 
     // Phase 1: `first` takes the only waiter slot.
-    let first_wait = first.lock("queue").wait(Duration::from_secs(5)).acquire();
-    // Phase 2: `second` is refused a slot and polls; the holder releases, `first` gets
-    // the lock and releases it, then `second` gets a slot and the lock.
-    let second_wait = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        second
-            .lock("queue")
-            .wait(Duration::from_secs(5))
-            .retry(Duration::from_millis(20))
-            .acquire()
-            .await
+    let first_wait = {
+        let first = first.clone();
+        tokio::spawn(async move {
+            first
+                .lock("queue")
+                .wait(Duration::from_secs(5))
+                .acquire()
+                .await
+        })
     };
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        held.release().await.unwrap();
+    wait_for_waiters(&holder, "queue", 1).await;
+
+    // Phase 2: `second` is refused a slot (TOO_MANY_WAITERS) and polls. Its first LOCK is
+    // sent before the GET on the same connection, so the GET's answer comes after the
+    // refusal; the queue still holds `first` alone.
+    let mut second_wait = {
+        let second = second.clone();
+        Box::pin(async move {
+            second
+                .lock("queue")
+                .wait(Duration::from_secs(5))
+                .retry(Duration::from_millis(20))
+                .acquire()
+                .await
+        })
     };
-    let (first_guard, second_guard, ()) = tokio::join!(
-        async {
-            let guard = first_wait.await.unwrap();
-            assert!(guard.is_acquired());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            guard.release().await.unwrap()
-        },
-        second_wait,
-        release
+    assert!(
+        futures::poll!(&mut second_wait).is_pending(),
+        "the first LOCK is sent"
     );
-    assert!(first_guard.is_released());
-    let second_guard = second_guard.unwrap();
+    let second_wait = tokio::spawn(second_wait);
+    let LockState::Held(state) = second.get("queue").await.unwrap() else {
+        panic!("the holder still holds `queue`");
+    };
+    assert_eq!((&state.owner, state.waiters), (held.owner(), 1));
+
+    // Phase 3: the holder releases and `first` gets the lock; the slot is free, and
+    // `second`'s next poll takes it.
+    held.release().await.unwrap();
+    let first_guard = first_wait.await.unwrap().unwrap();
+    assert!(first_guard.is_acquired());
+    wait_for_holder(&holder, "queue", first_guard.owner(), 1).await;
+
+    // Phase 4: `first` releases; the queued `second` gets the lock, with a larger token.
+    let first_token = first_guard.fencing_token().unwrap();
+    assert!(first_guard.release().await.unwrap().is_released());
+    let second_guard = second_wait.await.unwrap().unwrap();
     assert!(second_guard.is_acquired());
+    assert!(second_guard.fencing_token().unwrap() > first_token);
     second_guard.release().await.unwrap();
     server.shutdown().await;
 }

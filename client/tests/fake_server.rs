@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use kahu_client::{Client, ClientOptions, Durability, Error, ErrorCode, LockState, UnlockOutcome};
+use kahu_client::{
+    Client, ClientOptions, Durability, Error, ErrorCode, ExtendOutcome, LockGuard, LockState,
+    UnlockOutcome,
+};
 use kahu_protocol::{
-    Acquired, Busy, Incoming, LockInfo, NotHeld, ProtocolError, Released, Request, Response,
-    ServerCodec,
+    Acquired, Busy, Extended, Incoming, LockInfo, NotHeld, ProtocolError, Released, Request,
+    Response, ServerCodec,
 };
 use kahu_protocol::{HelloOk, VERSION};
 use tokio::net::{TcpListener, TcpStream};
@@ -124,6 +127,33 @@ fn acquired(token: u64, ttl_ms: u64) -> Response {
         ttl_ms,
         reentered: false,
     })
+}
+
+/// Takes lock `key` through `client`, the fake granting `token` with a lease of `ttl_ms`.
+/// Returns the guard and the owner the LOCK carried.
+async fn acquire_from_fake(
+    client: &Client,
+    connection: &mut FakeConnection,
+    key: &'static str,
+    token: u64,
+    ttl_ms: u64,
+) -> (LockGuard, Bytes) {
+    let fake = async {
+        let (request_id, request) = connection.next_request().await;
+        let Request::Lock(lock) = request else {
+            panic!("expected LOCK, got {request:?}");
+        };
+        connection.reply(request_id, acquired(token, ttl_ms)).await;
+        lock.owner
+    };
+    let acquire = client
+        .lock(key)
+        .ttl(Duration::from_millis(ttl_ms))
+        .acquire();
+    let (guard, owner) = tokio::join!(acquire, fake);
+    let guard = guard.unwrap();
+    assert_eq!(guard.owner(), &owner);
+    (guard, owner)
 }
 
 fn busy() -> Response {
@@ -307,18 +337,19 @@ async fn a_lock_wait_goes_to_the_server_and_extends_the_timeout() {
             "the library default is an idempotent LOCK"
         );
         assert_eq!(lock.durability, Durability::Ephemeral);
-        assert_eq!(lock.owner, client.owner());
         // Answer later than the request timeout, within timeout + wait.
         tokio::time::sleep(Duration::from_millis(250)).await;
         connection.reply(request_id, acquired(42, 10_000)).await;
+        lock.owner
     };
     let acquire = client
         .lock("job")
         .ttl(Duration::from_secs(10))
         .wait(Duration::from_millis(400))
         .acquire();
-    let (guard, ()) = tokio::join!(acquire, fake);
+    let (guard, owner) = tokio::join!(acquire, fake);
     let guard = guard.unwrap();
+    assert_eq!(guard.owner(), &owner);
     assert!(guard.is_acquired());
     assert_eq!(guard.fencing_token(), Some(42));
     assert_eq!(guard.ttl(), Some(Duration::from_secs(10)));
@@ -480,24 +511,19 @@ async fn invalid_input_is_refused_before_sending() {
 async fn dropping_a_guard_unlocks_even_outside_the_runtime() {
     let server = FakeServer::bind().await;
     let (client, mut connection) = connect(&server, fast_options()).await;
-    let fake = async {
-        let (request_id, _) = connection.next_request().await;
-        connection.reply(request_id, acquired(9, 5000)).await;
-    };
-    let (guard, ()) = tokio::join!(client.lock("k").acquire(), fake);
-    let guard = guard.unwrap();
+    let (guard, owner) = acquire_from_fake(&client, &mut connection, "k", 9, 5000).await;
 
     // Phase 1: drop the guard on a thread that has no tokio runtime.
     std::thread::spawn(move || drop(guard)).join().unwrap();
 
-    // Phase 2: the UNLOCK arrives with the guard's key and owner.
+    // Phase 2: the UNLOCK arrives with the guard's key, owner and token.
     let (request_id, request) = connection.next_request().await;
     let Request::Unlock(unlock) = request else {
         panic!("expected UNLOCK, got {request:?}");
     };
     assert_eq!(
-        (unlock.key.as_ref(), &unlock.owner),
-        (&b"k"[..], client.owner())
+        (unlock.key.as_ref(), &unlock.owner, unlock.token),
+        (&b"k"[..], &owner, Some(9))
     );
     connection
         .reply(request_id, Response::Released(Released { token: 9 }))
@@ -553,12 +579,19 @@ async fn an_idempotent_acquire_survives_a_lost_connection_within_its_wait() {
     let (client, mut connection) = connect(&server, fast_options()).await;
     let fake = async {
         // Phase 1: the first LOCK is lost with its connection.
-        connection.next_request().await;
+        let (_, first) = connection.next_request().await;
         drop(connection);
-        // Phase 2: the client reconnects and sends the same LOCK again.
+        // Phase 2: the client reconnects and sends the same LOCK again, with the same
+        // owner, so that it re-enters the grant the first LOCK may have taken.
         let mut connection = server.accept(WAIT_MS_MAX).await;
-        let (request_id, request) = connection.next_request().await;
-        assert!(matches!(request, Request::Lock(_)), "{request:?}");
+        let (request_id, again) = connection.next_request().await;
+        let (Request::Lock(first), Request::Lock(again)) = (first, again) else {
+            panic!("expected two LOCKs");
+        };
+        assert_eq!(
+            again.owner, first.owner,
+            "one owner for all of one acquire's LOCKs"
+        );
         connection.reply(request_id, acquired(5, 1000)).await;
         connection
     };
@@ -589,4 +622,191 @@ async fn an_if_not_held_acquire_reports_a_lost_connection() {
     let (result, ()) = tokio::join!(acquire, fake);
     let error = result.unwrap_err();
     assert!(matches!(error, Error::ConnectionLost { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn each_acquire_has_its_own_owner_unless_one_is_set() {
+    let server = FakeServer::bind().await;
+    let (client, mut connection) = connect(&server, fast_options()).await;
+
+    // Phase 1: two acquires through two clones of one client: two owners, both made from
+    // the client's base owner, neither the base itself.
+    let clone = client.clone();
+    let (first, first_owner) = acquire_from_fake(&client, &mut connection, "a", 1, 5000).await;
+    let (second, second_owner) = acquire_from_fake(&clone, &mut connection, "a", 2, 5000).await;
+    assert_ne!(first_owner, second_owner);
+    for owner in [&first_owner, &second_owner] {
+        assert!(owner.starts_with(client.owner()), "{owner:?}");
+        assert_ne!(owner, client.owner());
+    }
+    first.detach();
+    second.detach();
+
+    // Phase 2: an owner set in the options, or on the builder, is used as given.
+    let server = FakeServer::bind().await;
+    let (client, mut connection) = connect(&server, fast_options().owner("svc-7")).await;
+    assert_eq!(client.owner(), "svc-7");
+    let (first, first_owner) = acquire_from_fake(&client, &mut connection, "a", 1, 5000).await;
+    let (second, second_owner) = acquire_from_fake(&client, &mut connection, "a", 1, 5000).await;
+    assert_eq!(
+        (first_owner.as_ref(), second_owner.as_ref()),
+        (&b"svc-7"[..], &b"svc-7"[..])
+    );
+    first.detach();
+    second.detach();
+}
+
+#[tokio::test]
+async fn a_guard_sends_its_token_with_extend_and_release() {
+    let server = FakeServer::bind().await;
+    let (client, mut connection) = connect(&server, fast_options()).await;
+    let (mut guard, owner) = acquire_from_fake(&client, &mut connection, "k", 9, 5000).await;
+
+    // Phase 1: EXTEND names the guard's grant.
+    let fake = async {
+        let (request_id, request) = connection.next_request().await;
+        let Request::Extend(extend) = request else {
+            panic!("expected EXTEND, got {request:?}");
+        };
+        assert_eq!((&extend.owner, extend.token), (&owner, Some(9)));
+        let extended = Extended {
+            token: 9,
+            ttl_ms: extend.ttl_ms,
+        };
+        connection
+            .reply(request_id, Response::Extended(extended))
+            .await;
+    };
+    let (extended, ()) = tokio::join!(guard.extend(Duration::from_secs(8)), fake);
+    assert!(extended.unwrap().is_extended());
+
+    // Phase 2: so does UNLOCK; a later grant to the same owner answers NOT_OWNER.
+    let fake = async {
+        let (request_id, request) = connection.next_request().await;
+        let Request::Unlock(unlock) = request else {
+            panic!("expected UNLOCK, got {request:?}");
+        };
+        assert_eq!((&unlock.owner, unlock.token), (&owner, Some(9)));
+        let newer = Busy {
+            token: 12,
+            remaining_ms: 4000,
+            owner: owner.clone(),
+        };
+        connection
+            .reply(request_id, Response::NotOwner(newer))
+            .await;
+    };
+    let (released, ()) = tokio::join!(guard.release(), fake);
+    let UnlockOutcome::NotOwner(holder) = released.unwrap() else {
+        panic!("a later grant is not released");
+    };
+    assert_eq!((&holder.owner, holder.fencing_token), (&owner, 12));
+}
+
+#[tokio::test]
+async fn a_guard_that_lost_its_grant_sends_nothing_on_drop() {
+    let server = FakeServer::bind().await;
+    let (client, mut connection) = connect(&server, fast_options()).await;
+    let (mut guard, owner) = acquire_from_fake(&client, &mut connection, "k", 9, 5000).await;
+
+    // Phase 1: EXTEND finds a later grant to the same owner.
+    let fake = async {
+        let (request_id, _) = connection.next_request().await;
+        let newer = Busy {
+            token: 12,
+            remaining_ms: 4000,
+            owner: owner.clone(),
+        };
+        connection
+            .reply(request_id, Response::NotOwner(newer))
+            .await;
+    };
+    let (extended, ()) = tokio::join!(guard.extend(Duration::from_secs(8)), fake);
+    assert!(matches!(extended.unwrap(), ExtendOutcome::NotOwner(_)));
+
+    // Phase 2: dropping the guard sends no UNLOCK: the next request the server sees is
+    // the PING sent after the drop.
+    drop(guard);
+    let fake = async {
+        let (request_id, request) = connection.next_request().await;
+        assert_eq!(request, Request::Ping);
+        connection.reply(request_id, Response::Pong).await;
+    };
+    let (pong, ()) = tokio::join!(client.ping(), fake);
+    pong.unwrap();
+}
+
+#[tokio::test]
+async fn a_guard_whose_lease_ended_by_the_clients_clock_still_releases_with_its_token() {
+    let server = FakeServer::bind().await;
+    let (client, mut connection) = connect(&server, fast_options()).await;
+    let (guard, owner) = acquire_from_fake(&client, &mut connection, "k", 9, 20).await;
+
+    // Phase 1: the lease ends by the client's count.
+    let lease_end = guard.lease_expires_at().unwrap();
+    tokio::time::sleep_until(lease_end.into()).await;
+    assert!(Instant::now() >= lease_end);
+
+    // Phase 2: release still sends UNLOCK, for this grant only.
+    let fake = async {
+        let (request_id, request) = connection.next_request().await;
+        let Request::Unlock(unlock) = request else {
+            panic!("expected UNLOCK, got {request:?}");
+        };
+        assert_eq!((&unlock.owner, unlock.token), (&owner, Some(9)));
+        connection
+            .reply(request_id, Response::NotHeld(NotHeld { last_token: 9 }))
+            .await;
+    };
+    let (released, ()) = tokio::join!(guard.release(), fake);
+    assert_eq!(
+        released.unwrap(),
+        UnlockOutcome::NotHeld {
+            last_fencing_token: Some(9)
+        }
+    );
+}
+
+#[tokio::test]
+async fn unlock_and_extend_by_key_send_a_token_only_when_given() {
+    let server = FakeServer::bind().await;
+    let (client, mut connection) = connect(&server, fast_options()).await;
+    let fake = async {
+        let mut tokens = Vec::new();
+        for _ in 0..4 {
+            let (request_id, request) = connection.next_request().await;
+            let (token, response) = match request {
+                Request::Unlock(unlock) => {
+                    (unlock.token, Response::Released(Released { token: 3 }))
+                }
+                Request::Extend(extend) => (
+                    extend.token,
+                    Response::Extended(Extended {
+                        token: 3,
+                        ttl_ms: extend.ttl_ms,
+                    }),
+                ),
+                other => panic!("expected UNLOCK or EXTEND, got {other:?}"),
+            };
+            tokens.push(token);
+            connection.reply(request_id, response).await;
+        }
+        tokens
+    };
+    let calls = async {
+        let ttl = Duration::from_secs(1);
+        client.unlock("k", "cron").await.unwrap();
+        client.unlock_token("k", "cron", Some(3)).await.unwrap();
+        client.extend("k", "cron", ttl).await.unwrap();
+        client
+            .extend_token("k", "cron", ttl, Some(3))
+            .await
+            .unwrap();
+    };
+    let ((), tokens) = tokio::join!(calls, fake);
+    assert_eq!(tokens, [None, Some(3), None, Some(3)]);
+
+    // A token of 0 is never granted: refused before sending.
+    let zero = client.unlock_token("k", "cron", Some(0)).await.unwrap_err();
+    assert!(matches!(zero, Error::InvalidRequest(_)), "{zero:?}");
 }

@@ -8,10 +8,13 @@
 //! | HELLO 0x01 | `version_min u8, version_max u8, client_name str16` |
 //! | PING 0x02 | empty |
 //! | LOCK 0x03 | `ttl_ms u64, wait_ms u64, durability u8, key bytes16, owner bytes16`; flag 0x01 IF_NOT_HELD |
-//! | UNLOCK 0x04 | `key bytes16, owner bytes16` |
-//! | EXTEND 0x05 | `ttl_ms u64, key bytes16, owner bytes16` |
+//! | UNLOCK 0x04 | `key bytes16, owner bytes16, token u64` (token 0: any grant of this owner) |
+//! | EXTEND 0x05 | `ttl_ms u64, key bytes16, owner bytes16, token u64` (token 0: any) |
 //! | GET 0x06 | `key bytes16` |
 //! | INFO 0x07 | empty |
+//!
+//! The trailing `token` of UNLOCK and EXTEND may be absent (read as 0), so a frame without
+//! it is still valid.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -83,6 +86,10 @@ pub struct Lock {
 pub struct Unlock {
     pub key: Bytes,
     pub owner: Bytes,
+    /// Release only the grant with this fencing token. A guard sends it, so a guard whose
+    /// lease ended cannot release a newer grant to the same owner. `None`: any grant of
+    /// this owner.
+    pub token: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +97,8 @@ pub struct Extend {
     pub key: Bytes,
     pub owner: Bytes,
     pub ttl_ms: u64,
+    /// Extend only the grant with this fencing token; `None`: any grant of this owner.
+    pub token: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,12 +160,14 @@ impl Request {
             }
             Request::Unlock(unlock) => {
                 validate_key(&unlock.key)?;
-                validate_owner(&unlock.owner)
+                validate_owner(&unlock.owner)?;
+                validate_token(unlock.token)
             }
             Request::Extend(extend) => {
                 validate_key(&extend.key)?;
                 validate_owner(&extend.owner)?;
-                validate_ttl(extend.ttl_ms)
+                validate_ttl(extend.ttl_ms)?;
+                validate_token(extend.token)
             }
             Request::Get(get) => validate_key(&get.key),
         }
@@ -188,11 +199,13 @@ impl Request {
             Request::Unlock(unlock) => {
                 put_bytes16(dst, &unlock.key);
                 put_bytes16(dst, &unlock.owner);
+                dst.put_u64_le(unlock.token.unwrap_or(0));
             }
             Request::Extend(extend) => {
                 dst.put_u64_le(extend.ttl_ms);
                 put_bytes16(dst, &extend.key);
                 put_bytes16(dst, &extend.owner);
+                dst.put_u64_le(extend.token.unwrap_or(0));
             }
             Request::Get(get) => put_bytes16(dst, &get.key),
         }
@@ -234,11 +247,13 @@ impl Request {
             Opcode::Unlock => Request::Unlock(Unlock {
                 key: body.bytes16("key")?,
                 owner: body.bytes16("owner")?,
+                token: body.optional_token("token")?,
             }),
             Opcode::Extend => Request::Extend(Extend {
                 ttl_ms: body.u64("ttl_ms")?,
                 key: body.bytes16("key")?,
                 owner: body.bytes16("owner")?,
+                token: body.optional_token("token")?,
             }),
             Opcode::Get => Request::Get(Get {
                 key: body.bytes16("key")?,
@@ -295,6 +310,17 @@ pub fn validate_owner(owner: &[u8]) -> Result<(), ProtocolError> {
         "owner",
         "owner_bytes_max",
     )
+}
+
+/// A token to match is never 0 (0 on the wire means "any").
+pub fn validate_token(token: Option<u64>) -> Result<(), ProtocolError> {
+    if token == Some(0) {
+        return Err(ProtocolError::new(
+            ErrorCode::Malformed,
+            "token 0 is never granted; leave the token out to match any grant",
+        ));
+    }
+    Ok(())
 }
 
 pub fn validate_ttl(ttl_ms: u64) -> Result<(), ProtocolError> {

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! LOCK key ttl_ms [OWNER owner] [WAIT wait_ms] [EPHEMERAL|PERSISTENT]
-//! UNLOCK key [OWNER owner]
-//! EXTEND key ttl_ms [OWNER owner]
+//! UNLOCK key [OWNER owner] [TOKEN token]
+//! EXTEND key ttl_ms [OWNER owner] [TOKEN token]
 //! GET key
 //! PING | INFO | HELP | QUIT
 //! ```
@@ -37,7 +37,8 @@ pub enum TextCommand {
 
 /// The reply to HELP, one line.
 pub const HELP: &str = "COMMANDS LOCK key ttl_ms [OWNER o] [WAIT ms] [EPHEMERAL|PERSISTENT] | \
-UNLOCK key [OWNER o] | EXTEND key ttl_ms [OWNER o] | GET key | PING | INFO | HELP | QUIT";
+UNLOCK key [OWNER o] [TOKEN t] | EXTEND key ttl_ms [OWNER o] [TOKEN t] | GET key | PING | INFO | \
+HELP | QUIT";
 
 /// Parses one line (without its terminator). `default_owner` is used when no OWNER is given.
 /// `default_durability` applies when neither EPHEMERAL nor PERSISTENT is given.
@@ -67,19 +68,21 @@ pub fn parse_line(
         }
         "UNLOCK" => {
             let (key, rest) = key_only(&words, "UNLOCK")?;
-            let options = Options::parse(rest, &["OWNER"], false)?;
+            let options = Options::parse(rest, &["OWNER", "TOKEN"], false)?;
             Request::Unlock(Unlock {
                 key,
                 owner: options.owner.unwrap_or_else(|| default_owner.clone()),
+                token: options.token,
             })
         }
         "EXTEND" => {
             let (key, ttl_ms, rest) = key_and_number(&words, "EXTEND", "ttl_ms")?;
-            let options = Options::parse(rest, &["OWNER"], false)?;
+            let options = Options::parse(rest, &["OWNER", "TOKEN"], false)?;
             Request::Extend(Extend {
                 key,
                 ttl_ms,
                 owner: options.owner.unwrap_or_else(|| default_owner.clone()),
+                token: options.token,
             })
         }
         "GET" => {
@@ -158,6 +161,7 @@ fn parse_number(word: &str, name: &str) -> Result<u64, ProtocolError> {
 struct Options {
     owner: Option<Bytes>,
     wait_ms: Option<u64>,
+    token: Option<u64>,
     durability: Option<Durability>,
 }
 
@@ -182,6 +186,13 @@ impl Options {
             match upper.as_str() {
                 "OWNER" => options.owner = Some(Bytes::copy_from_slice(value.as_bytes())),
                 "WAIT" => options.wait_ms = Some(parse_number(value, "wait_ms")?),
+                "TOKEN" => {
+                    options.token = Some(value.parse::<u64>().map_err(|_| {
+                        usage(format!(
+                            "TOKEN must be a fencing token (a whole number), got `{value}`"
+                        ))
+                    })?)
+                }
                 _ => unreachable!("option list and match disagree"),
             }
         }
@@ -348,7 +359,8 @@ mod tests {
     #[test]
     fn every_command_word_parses_in_any_case() {
         assert!(matches!(request("unlock k"), Request::Unlock(_)));
-        assert!(matches!(request("Extend k 10 OWNER o"), Request::Extend(_)));
+        assert!(matches!(request("Extend k 10 OWNER o"), Request::Extend(e) if e.token.is_none()));
+        assert!(matches!(request("unlock k token 42"), Request::Unlock(u) if u.token == Some(42)));
         assert!(matches!(request("GET k"), Request::Get(_)));
         assert_eq!(request("ping"), Request::Ping);
         assert_eq!(request("INFO"), Request::Info);
@@ -380,6 +392,8 @@ mod tests {
         assert_eq!(error_code("LOCK k 10 COLOR red"), ErrorCode::Malformed);
         assert_eq!(error_code("UNLOCK k WAIT 5"), ErrorCode::Malformed);
         assert_eq!(error_code("PING now"), ErrorCode::Malformed);
+        assert_eq!(error_code("UNLOCK k TOKEN 0"), ErrorCode::Malformed);
+        assert_eq!(error_code("UNLOCK k TOKEN soon"), ErrorCode::Malformed);
         let long_key = "k".repeat(KEY_BYTES_MAX + 1);
         assert_eq!(
             error_code(&format!("GET {long_key}")),

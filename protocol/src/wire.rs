@@ -52,6 +52,14 @@ impl BodyReader {
         Ok(self.body.get_u64_le())
     }
 
+    /// A trailing u64 fencing token that older senders leave out: absent or 0 is `None`.
+    pub(crate) fn optional_token(&mut self, field: &str) -> Result<Option<u64>, ProtocolError> {
+        if !self.body.has_remaining() {
+            return Ok(None);
+        }
+        Ok(Some(self.u64(field)?).filter(|&token| token != 0))
+    }
+
     /// A `bytes16` field, shared with the frame buffer (no copy).
     pub(crate) fn bytes16(&mut self, field: &str) -> Result<Bytes, ProtocolError> {
         let length = self.u16(field)? as usize;

@@ -71,3 +71,11 @@ fn every_hex_dump_in_protocol_md_is_one_valid_frame() {
         );
     }
 }
+
+#[test]
+fn the_help_line_in_the_docs_is_the_one_the_server_prints() {
+    let readme = include_str!("../../README.md");
+    assert!(readme.contains(kahu_protocol::text::HELP), "README.md");
+    let escaped = kahu_protocol::text::HELP.replace('|', "\\|");
+    assert!(PROTOCOL_MD.contains(&escaped), "PROTOCOL.md reply table");
+}

@@ -47,6 +47,11 @@ pub struct Config {
     /// Requests queued on one lock at most; more are answered TOO_MANY_WAITERS.
     #[arg(long, env = "KAHU_WAITERS_PER_LOCK_MAX", default_value_t = 1024)]
     pub waiters_per_lock_max: usize,
+
+    /// On SIGINT/SIGTERM, how long each connection gets to be answered and closed before
+    /// it is dropped (a client that stopped reading cannot hold up the stop).
+    #[arg(long, env = "KAHU_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
+    pub shutdown_grace_ms: u64,
 }
 
 /// The largest shard count accepted.
@@ -68,6 +73,7 @@ impl Config {
             connection_idle_ms: 600_000,
             requests_in_flight_max: 4096,
             waiters_per_lock_max: 1024,
+            shutdown_grace_ms: 5_000,
         }
     }
 

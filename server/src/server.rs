@@ -83,6 +83,8 @@ pub struct Shared {
     pub requests_in_flight_max: usize,
     /// `None`: idle connections stay open.
     pub connection_idle: Option<Duration>,
+    /// Once stopping, how long a connection may take to close before it is dropped.
+    pub shutdown_grace: Duration,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -128,6 +130,7 @@ impl Server {
             requests_in_flight_max: config.requests_in_flight_max,
             connection_idle: (config.connection_idle_ms > 0)
                 .then(|| Duration::from_millis(config.connection_idle_ms)),
+            shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             shutdown,
         });
         let tracker = TaskTracker::new();

@@ -139,6 +139,11 @@ impl TextClient {
         self.writer.write_all(bytes).await.expect("write");
     }
 
+    /// Closes the write side, as `nc -N` does at the end of its input.
+    pub async fn shutdown_write(&mut self) {
+        self.writer.shutdown().await.expect("shutdown write");
+    }
+
     /// The next reply line without its CRLF, or `None` at end of stream.
     pub async fn line(&mut self) -> Option<String> {
         let mut line = String::new();
@@ -176,6 +181,7 @@ pub fn unlock(key: &str, owner: &str) -> Request {
     Request::Unlock(kahu_protocol::Unlock {
         key: Bytes::copy_from_slice(key.as_bytes()),
         owner: Bytes::copy_from_slice(owner.as_bytes()),
+        token: None,
     })
 }
 

@@ -145,3 +145,86 @@ async fn shutdown_answers_waiting_requests_before_closing() {
     assert_eq!(waiter.receive().await, None);
     within("shutdown", stopping).await.expect("shutdown task");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_zero_keeps_connections_open() {
+    let server = TestServer::start_with(|config| config.connection_idle_ms = 0).await;
+    let mut client = RawClient::connect(server.addr()).await;
+    for id in 0..3 {
+        assert_eq!(client.call(id, &Request::Ping).await, Response::Pong);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut text = TextClient::connect(server.addr()).await;
+    assert_eq!(text.command("PING").await, "PONG");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_its_side_still_gets_every_answer() {
+    let server = TestServer::start().await;
+    let mut holder = RawClient::connect(server.addr()).await;
+    token(&holder.call(1, &lock("k", "holder", 60_000, 0)).await);
+
+    // Binary: a waiting LOCK and a GET, then the client shuts its write side.
+    let stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let mut framed = tokio_util::codec::Framed::new(stream, kahu_protocol::ClientCodec::default());
+    use futures::{SinkExt, StreamExt};
+    framed
+        .feed((1, &lock("k", "leaver", 60_000, 30_000)))
+        .await
+        .unwrap();
+    framed.feed((2, &get("k"))).await.unwrap();
+    SinkExt::<(u32, &Request)>::flush(&mut framed)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::shutdown(framed.get_mut())
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    while let Some(frame) = within("answers after half-close", framed.next()).await {
+        answers.push(frame.unwrap());
+    }
+    answers.sort_by_key(|(id, _)| *id);
+    assert!(
+        matches!(
+            &answers[..],
+            [(1, Response::Busy(_)), (2, Response::LockInfo(_))]
+        ),
+        "{answers:?}"
+    );
+
+    // Text: `printf 'LOCK k 60000 WAIT 30000\n' | nc -N` prints an answer.
+    let mut text = TextClient::connect(server.addr()).await;
+    text.write(b"LOCK k 60000 WAIT 30000\r\n").await;
+    text.shutdown_write().await;
+    assert!(text.line().await.unwrap().starts_with("BUSY owner=holder"));
+    assert_eq!(text.line().await, None);
+
+    // Neither waiter was left behind.
+    match holder.call(2, &get("k")).await {
+        Response::LockInfo(info) => assert_eq!(info.waiters, 0),
+        other => panic!("{other:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_stuck_clients_cannot_hold_up_shutdown() {
+    let server = TestServer::start_with(|config| config.shutdown_grace_ms = 300).await;
+    // Connected, never sends a byte.
+    let _silent = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    // Pipelines requests with large replies and never reads them, until its writes stall.
+    let mut stuck = RawClient::connect(server.addr()).await;
+    for id in 0..20_000 {
+        stuck.feed(id, &Request::Info).await;
+    }
+    let flushed = tokio::time::timeout(Duration::from_millis(500), stuck.flush()).await;
+    let _ = flushed; // stalled or not, the server must still stop
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        started.elapsed()
+    );
+}

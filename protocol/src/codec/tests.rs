@@ -53,12 +53,20 @@ fn request_strategy() -> impl Strategy<Value = Request> {
                     if_not_held,
                 })
             }),
-        (key(), owner()).prop_map(|(key, owner)| Request::Unlock(Unlock { key, owner })),
-        (key(), owner(), 1..=TTL_MS_MAX).prop_map(|(key, owner, ttl_ms)| Request::Extend(Extend {
-            key,
-            owner,
-            ttl_ms
-        })),
+        (key(), owner(), proptest::option::of(1..u64::MAX))
+            .prop_map(|(key, owner, token)| Request::Unlock(Unlock { key, owner, token })),
+        (
+            key(),
+            owner(),
+            1..=TTL_MS_MAX,
+            proptest::option::of(1..u64::MAX)
+        )
+            .prop_map(|(key, owner, ttl_ms, token)| Request::Extend(Extend {
+                key,
+                owner,
+                ttl_ms,
+                token,
+            })),
         key().prop_map(|key| Request::Get(Get { key })),
     ]
 }
@@ -245,6 +253,22 @@ fn every_split_point_of_one_lock_frame() {
     // Byte by byte.
     let cuts: Vec<usize> = (1..bytes.len()).collect();
     assert_eq!(as_requests(decode_in_chunks(&bytes, &cuts)), vec![request]);
+}
+
+#[test]
+fn unlock_without_the_trailing_token_still_decodes() {
+    // An UNLOCK as first specified: key and owner only.
+    let mut bytes = BytesMut::new();
+    bytes.put_slice(&[MAGIC, VERSION, 0x04, 0]);
+    bytes.put_u32_le(3);
+    bytes.put_u32_le(6);
+    bytes.put_slice(&[1, 0, b'k', 1, 0, b'o']);
+    let expected = Request::Unlock(Unlock {
+        key: Bytes::from_static(b"k"),
+        owner: Bytes::from_static(b"o"),
+        token: None,
+    });
+    assert_eq!(as_requests(decode_in_chunks(&bytes, &[])), vec![expected]);
 }
 
 #[test]

@@ -26,8 +26,8 @@ use crate::shard::ReplyTo;
 
 type Writer = FramedWrite<OwnedWriteHalf, ServerCodec>;
 
-/// Serves one binary connection. Returns true if it ever queued a waiting LOCK, so the
-/// caller tells the shards to drop its waiters.
+/// Serves one binary connection. Returns true if it ever queued a waiting LOCK and has
+/// not yet told the shards it is gone, so the caller tells them.
 pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64) -> bool {
     let (read_half, write_half) = stream.into_split();
     let mut reader = FramedRead::new(read_half, ServerCodec::default());
@@ -42,16 +42,19 @@ pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64
     };
     let mut shutdown = shared.shutdown.clone();
     let mut stopping = *shutdown.borrow();
-    let idle = shared.connection_idle.unwrap_or(Duration::MAX);
-    let idle_timer = tokio::time::sleep(idle.min(Duration::from_secs(86_400 * 365)));
+    // The peer closed its side: answer what is in flight, then close.
+    let mut peer_closed = false;
+    let idle_timer = tokio::time::sleep(shared.connection_idle.unwrap_or(Duration::ZERO));
     tokio::pin!(idle_timer);
 
     let result: Result<(), FrameError> = async {
         loop {
-            if stopping && session.in_flight == 0 {
+            if (stopping || peer_closed) && session.in_flight == 0 {
                 return Ok(());
             }
-            let can_read = !stopping && session.in_flight < shared.requests_in_flight_max;
+            let can_read =
+                !stopping && !peer_closed && session.in_flight < shared.requests_in_flight_max;
+            let idle_applies = session.in_flight == 0 && shared.connection_idle.is_some();
             tokio::select! {
                 biased;
                 Some(reply) = replies.recv() => {
@@ -62,23 +65,27 @@ pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64
                         session.in_flight -= 1;
                     }
                     writer.flush().await?;
+                    reset_idle(shared, idle_timer.as_mut());
                 }
                 frame = reader.next(), if can_read => {
-                    let Some(frame) = frame else { return Ok(()) };
-                    session.handle(frame, &mut writer).await?;
+                    let mut next = Some(frame);
                     // Take every frame already buffered before writing once.
-                    while session.in_flight < shared.requests_in_flight_max {
-                        match reader.next().now_or_never() {
-                            Some(Some(frame)) => session.handle(frame, &mut writer).await?,
-                            Some(None) => return Ok(()),
-                            None => break,
+                    while let Some(frame) = next.take() {
+                        let Some(frame) = frame else {
+                            peer_closed = true;
+                            session.cancel_waiters();
+                            break;
+                        };
+                        session.handle(frame, &mut writer).await?;
+                        if session.in_flight < shared.requests_in_flight_max {
+                            next = reader.next().now_or_never();
                         }
                     }
                     writer.flush().await?;
-                    idle_timer.as_mut().reset(Instant::now() + idle);
+                    reset_idle(shared, idle_timer.as_mut());
                 }
                 _ = crate::server::stopping(&mut shutdown), if !stopping => stopping = true,
-                _ = &mut idle_timer, if session.in_flight == 0 && shared.connection_idle.is_some() => {
+                _ = &mut idle_timer, if idle_applies => {
                     tracing::debug!(connection_id, "closing idle connection");
                     return Ok(());
                 }
@@ -92,6 +99,12 @@ pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64
     session.waited
 }
 
+fn reset_idle(shared: &Shared, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
+    if let Some(idle) = shared.connection_idle {
+        timer.reset(Instant::now() + idle);
+    }
+}
+
 struct Session<'a> {
     shared: &'a Shared,
     connection_id: u64,
@@ -101,6 +114,14 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// The peer will send nothing more: its queued waiters are answered BUSY and dropped
+    /// now, so every request in flight gets its answer and the connection can close.
+    fn cancel_waiters(&mut self) {
+        if std::mem::take(&mut self.waited) {
+            self.shared.shards.connection_closed(self.connection_id);
+        }
+    }
+
     /// Handles one decoded frame: answers it now or sends it to its shard. A frame error
     /// is answered, then returned to end the connection.
     async fn handle(

@@ -36,7 +36,14 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, trac
                 let shared = shared.clone();
                 tracker.spawn(async move {
                     let admitted = shared.connections.open(shared.connections_max);
-                    serve(stream, &shared, admitted).await;
+                    let mut shutdown = shared.shutdown.clone();
+                    tokio::select! {
+                        _ = serve(stream, &shared, admitted) => {}
+                        _ = async {
+                            crate::server::stopping(&mut shutdown).await;
+                            tokio::time::sleep(shared.shutdown_grace).await;
+                        } => tracing::debug!("connection dropped after the shutdown grace period"),
+                    }
                     shared.connections.close();
                 });
             }
@@ -52,10 +59,15 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, trac
 async fn serve(stream: TcpStream, shared: &Shared, admitted: bool) {
     let _ = stream.set_nodelay(true);
     let connection_id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
-    let first_byte = if admitted {
-        first_byte(&stream, shared.connection_idle).await
+    let timeout = if admitted {
+        shared.connection_idle
     } else {
-        first_byte(&stream, Some(REFUSAL_SNIFF_TIMEOUT)).await
+        Some(REFUSAL_SNIFF_TIMEOUT)
+    };
+    let mut shutdown = shared.shutdown.clone();
+    let first_byte = tokio::select! {
+        byte = first_byte(&stream, timeout) => byte,
+        _ = crate::server::stopping(&mut shutdown) => None,
     };
     let Some(first_byte) = first_byte else {
         return;

@@ -84,7 +84,6 @@ pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64
 impl Session<'_> {
     async fn run(&mut self) -> std::io::Result<()> {
         let mut shutdown = self.shared.shutdown.clone();
-        let idle = self.shared.connection_idle.unwrap_or(Duration::MAX);
         loop {
             match self.next_line() {
                 Line::Complete(line) => {
@@ -108,7 +107,7 @@ impl Session<'_> {
             let read = tokio::select! {
                 read = self.reader.read_buf(&mut self.input) => read?,
                 _ = crate::server::stopping(&mut shutdown) => return Ok(()),
-                _ = tokio::time::sleep(idle), if self.shared.connection_idle.is_some() => return Ok(()),
+                _ = idle(self.shared.connection_idle) => return Ok(()),
             };
             if read == 0 {
                 return Ok(());
@@ -164,19 +163,19 @@ impl Session<'_> {
                 return Ok(true);
             }
         };
-        let Some(response) = self.execute(request.clone()).await? else {
-            return Ok(false);
-        };
+        let (response, peer_closed) = self.execute(request.clone()).await?;
         let mut reply = format_response(&request, &response);
         reply.push_str("\r\n");
         self.writer.write_all(reply.as_bytes()).await?;
-        Ok(true)
+        Ok(!peer_closed)
     }
 
-    /// Gets the response to a request; `None` if the peer disconnected while it waited.
-    async fn execute(&mut self, request: Request) -> std::io::Result<Option<Response>> {
+    /// Gets the response to a request, and whether the peer closed its side meanwhile
+    /// (then its waiting LOCK is answered BUSY at once, and the session ends after the
+    /// reply: `printf 'LOCK a 5000 WAIT 9000\n' | nc -N host 8002` still prints an answer).
+    async fn execute(&mut self, request: Request) -> std::io::Result<(Response, bool)> {
         let request = match route(request, self.shared) {
-            Routed::Local(response) => return Ok(Some(response)),
+            Routed::Local(response) => return Ok((response, false)),
             Routed::Shard(request) => request,
         };
         if matches!(&request, Request::Lock(lock) if lock.wait_ms > 0) {
@@ -188,22 +187,33 @@ impl Session<'_> {
             sender: self.sender.clone(),
         };
         if self.shared.shards.submit(request, reply).is_err() {
-            return Ok(Some(
-                ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping").into(),
-            ));
+            let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
+            return Ok((error.into(), false));
         }
+        let mut peer_closed = false;
         loop {
             tokio::select! {
                 reply = self.replies.recv() => {
-                    return Ok(Some(reply.expect("the session holds a sender").1));
+                    return Ok((reply.expect("the session holds a sender").1, peer_closed));
                 }
-                read = self.reader.read_buf(&mut self.input), if self.input.len() < PENDING_BYTES_MAX => {
+                read = self.reader.read_buf(&mut self.input), if !peer_closed && self.input.len() < PENDING_BYTES_MAX => {
                     if read? == 0 {
-                        return Ok(None);
+                        peer_closed = true;
+                        if std::mem::take(&mut self.waited) {
+                            self.shared.shards.connection_closed(self.connection_id);
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// Resolves after `idle`, or never when idle connections are kept open.
+async fn idle(idle: Option<Duration>) {
+    match idle {
+        Some(idle) => tokio::time::sleep(idle).await,
+        None => std::future::pending().await,
     }
 }
 

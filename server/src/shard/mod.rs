@@ -56,7 +56,8 @@ pub(crate) enum ShardMessage {
         request: Request,
         reply: ReplyTo,
     },
-    /// The connection closed: drop its waiters.
+    /// The connection closed (or stopped reading): answer its waiters with BUSY and drop
+    /// them.
     ConnectionClosed(u64),
     /// The server is stopping: answer every waiter, now and from now on, with SHUTTING_DOWN.
     Shutdown,

@@ -9,10 +9,17 @@
 //! - at most one holder per key; a holder's lease is live while `now < expires_at`;
 //! - every grant takes a token from the shard's [`TokenSource`], so tokens per lock grow
 //!   strictly and are never 0; a same-owner re-acquire keeps the token and resets the lease;
-//! - after [`LockTable::settle`], a lock with waiters has a holder (a free lock is handed to
-//!   the first live waiter at once, FIFO);
-//! - a slot with no holder and no waiters is removed from the index; its generation grows,
-//!   so timers still pointing at it are recognised as stale.
+//! - after `settle`, a lock with waiters has a holder (a free lock is handed to the first
+//!   live waiter at once, FIFO);
+//! - a held lock has exactly one lease timer, at its `expires_at`; a queued waiter has
+//!   exactly one timer, at its deadline; nothing else is in the timer set;
+//! - a slot with no holder and no waiters is removed from the index and reused.
+//!
+//! Time: a lease that ended is handed on *at the moment it ended*, not when the table
+//! noticed, so a waiter whose deadline came after the lease's end gets the lock even if the
+//! worker was late, and one whose deadline came before gets BUSY. A lease granted that way
+//! counts from the end of the previous one, which is after the waiter's request arrived:
+//! never later than the client's own count, which starts when it sent the request.
 //!
 //! Storage: slots live in a slab (`Vec<Slot>` plus a free list) and the key index is a
 //! `hashbrown::HashTable<u32>` of slot numbers hashed with the key hash the router already
@@ -30,6 +37,9 @@ use kahu_protocol::{
 
 use super::timers::{Timer, TimerKind, TimerQueue};
 use super::tokens::TokenSource;
+use crate::wal::record::{Command, Entry};
+use crate::wal::snapshot::{Snapshot, SnapshotLock};
+use crate::wal::Replay;
 
 /// Where a reply goes. The table keeps these for queued waiters.
 pub trait ReplyTarget {
@@ -39,8 +49,32 @@ pub trait ReplyTarget {
     fn is_gone(&self) -> bool;
 }
 
-/// Replies produced by one call, sent by the worker after the turn.
-pub type Replies<R> = Vec<(R, Response)>;
+/// What one turn of the table produced, for the worker to send and log.
+#[derive(Debug)]
+pub struct Output<R> {
+    /// Replies that depend on nothing unflushed: send them now.
+    pub replies: Vec<(R, Response)>,
+    /// Replies about locks with decisions in `log`: send them once the log is durable.
+    pub durable_replies: Vec<(R, Response)>,
+    /// Decisions about persistent locks, to append to the write-ahead log in this order.
+    pub log: Vec<Command>,
+}
+
+impl<R> Default for Output<R> {
+    fn default() -> Self {
+        Output {
+            replies: Vec::new(),
+            durable_replies: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+}
+
+impl<R> Output<R> {
+    pub fn is_empty(&self) -> bool {
+        self.replies.is_empty() && self.durable_replies.is_empty() && self.log.is_empty()
+    }
+}
 
 /// Counters a shard publishes in INFO.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,17 +112,11 @@ struct Waiter<R> {
 struct Slot<R> {
     key: Box<[u8]>,
     hash: u64,
-    generation: u32,
     holder: Option<Holder>,
     last_token: u64,
     waiters: VecDeque<Waiter<R>>,
-}
-
-/// The slots a connection has waiters in, to drop them when it closes.
-#[derive(Debug, Default)]
-struct ConnectionWaits {
-    live: u32,
-    slots: Vec<(u32, u32)>,
+    /// A decision about this lock waits in the log: replies about it wait for the flush.
+    dirty: bool,
 }
 
 #[derive(Debug)]
@@ -98,10 +126,13 @@ pub struct LockTable<R> {
     index: HashTable<u32>,
     timers: TimerQueue,
     tokens: TokenSource,
-    waits_by_connection: HashMap<u64, ConnectionWaits>,
+    /// For each connection with queued waiters: slot -> how many of its waiters are there.
+    waits_by_connection: HashMap<u64, HashMap<u32, u32>>,
     next_waiter_id: u64,
     waiters_per_lock_max: usize,
     stats: TableStats,
+    /// Slots marked dirty in this turn.
+    dirty_slots: Vec<u32>,
 }
 
 impl<R: ReplyTarget> LockTable<R> {
@@ -117,6 +148,39 @@ impl<R: ReplyTarget> LockTable<R> {
             next_waiter_id: 1,
             waiters_per_lock_max,
             stats: TableStats::default(),
+            dirty_slots: Vec::new(),
+        }
+    }
+
+    /// Every persistent lock held at `now`, with the lease it has left, for a snapshot.
+    pub fn persistent_locks(&self, now: Instant) -> Vec<SnapshotLock> {
+        self.index
+            .iter()
+            .filter_map(|&index| {
+                let slot = &self.slots[index as usize];
+                let holder = slot.holder.as_ref()?;
+                (holder.durability == Durability::Persistent && holder.expires_at > now).then(
+                    || SnapshotLock {
+                        key: Bytes::copy_from_slice(&slot.key),
+                        owner: holder.owner.clone(),
+                        token: holder.token,
+                        // Rounded up: a lease is never shortened by a snapshot.
+                        ttl_ms: holder
+                            .expires_at
+                            .duration_since(now)
+                            .as_micros()
+                            .div_ceil(1000) as u64,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Ends a turn: the worker has made this turn's log durable (or failed the replies
+    /// that waited for it).
+    pub fn end_turn(&mut self) {
+        for index in self.dirty_slots.drain(..) {
+            self.slots[index as usize].dirty = false;
         }
     }
 
@@ -137,47 +201,39 @@ impl<R: ReplyTarget> LockTable<R> {
         self.index.is_empty()
     }
 
+    /// Entries in the timer set: one per held lock plus one per waiter.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
     /// When [`LockTable::fire_timers`] next has work.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.timers.next_deadline()
     }
 
     /// LOCK: grant, re-grant to the same owner, queue, or answer BUSY.
-    pub fn lock(
-        &mut self,
-        now: Instant,
-        hash: u64,
-        request: &Lock,
-        reply: R,
-        out: &mut Replies<R>,
-    ) {
+    pub fn lock(&mut self, now: Instant, hash: u64, request: &Lock, reply: R, out: &mut Output<R>) {
         let index = self.find_or_insert(hash, &request.key);
         self.settle(index, now, out);
         let slot = &mut self.slots[index as usize];
         match &mut slot.holder {
             None => {
-                let token = self.grant(
-                    index,
-                    request.owner.clone(),
-                    request.ttl_ms,
-                    request.durability,
-                    now,
-                );
-                out.push((reply, acquired(token, request.ttl_ms, false)));
+                // Copy out of the request's frame buffer so the table never pins it.
+                let owner = Bytes::copy_from_slice(&request.owner);
+                let token = self.grant(index, owner, request.ttl_ms, request.durability, now, out);
+                self.respond(out, index, reply, acquired(token, request.ttl_ms, false));
             }
             Some(holder) if holder.owner == request.owner && !request.if_not_held => {
-                holder.expires_at = now + ms(request.ttl_ms);
                 let token = holder.token;
-                let generation = slot.generation;
-                self.timers
-                    .push(lease_timer(holder.expires_at, index, generation));
                 self.stats.reentries_total += 1;
-                out.push((reply, acquired(token, request.ttl_ms, true)));
+                self.set_lease_end(index, now + ms(request.ttl_ms));
+                self.log_extend(index, request.ttl_ms, out);
+                self.respond(out, index, reply, acquired(token, request.ttl_ms, true));
             }
             Some(holder) if request.wait_ms == 0 => {
                 let busy = Response::Busy(holder_info(holder, now));
                 self.stats.busy_total += 1;
-                out.push((reply, busy));
+                self.respond(out, index, reply, busy);
             }
             Some(_) if slot.waiters.len() >= self.waiters_per_lock_max => {
                 let error = ProtocolError::new(
@@ -188,41 +244,47 @@ impl<R: ReplyTarget> LockTable<R> {
                         self.waiters_per_lock_max
                     ),
                 );
-                out.push((reply, error.into()));
+                self.respond(out, index, reply, error.into());
             }
             Some(_) => self.enqueue(index, now, request, reply),
         }
     }
 
-    /// UNLOCK: release when the owner matches and the lease is live, then hand off.
+    /// UNLOCK: release when the owner (and token, if given) match a live lease, then hand
+    /// the lock to the next waiter.
     pub fn unlock(
         &mut self,
         now: Instant,
         hash: u64,
         request: &Unlock,
         reply: R,
-        out: &mut Replies<R>,
+        out: &mut Output<R>,
     ) {
         let Some(index) = self.settled(now, hash, &request.key, out) else {
-            out.push((reply, not_held(0)));
+            out.replies.push((reply, not_held(0)));
             return;
         };
         let slot = &mut self.slots[index as usize];
         match &slot.holder {
-            None => out.push((reply, not_held(slot.last_token))),
-            Some(holder) if holder.owner != request.owner => {
-                out.push((reply, Response::NotOwner(holder_info(holder, now))));
+            None => {
+                let response = not_held(slot.last_token);
+                self.respond(out, index, reply, response);
+            }
+            Some(holder) if !holder.matches(&request.owner, request.token) => {
+                let response = Response::NotOwner(holder_info(holder, now));
+                self.respond(out, index, reply, response);
             }
             Some(_) => {
                 let released = slot.holder.take().expect("matched Some");
+                self.timers.remove(lease_timer(released.expires_at, index));
                 self.stats.locks_held -= 1;
                 self.stats.releases_total += 1;
-                out.push((
-                    reply,
-                    Response::Released(Released {
-                        token: released.token,
-                    }),
-                ));
+                let token = released.token;
+                if released.durability == Durability::Persistent {
+                    let key = Bytes::copy_from_slice(&self.slots[index as usize].key);
+                    self.log(index, Command::Release { key, token }, out);
+                }
+                self.respond(out, index, reply, Response::Released(Released { token }));
                 self.hand_off(index, now, Some(&released), out);
             }
         }
@@ -236,37 +298,37 @@ impl<R: ReplyTarget> LockTable<R> {
         hash: u64,
         request: &Extend,
         reply: R,
-        out: &mut Replies<R>,
+        out: &mut Output<R>,
     ) {
         let Some(index) = self.settled(now, hash, &request.key, out) else {
-            out.push((reply, not_held(0)));
+            out.replies.push((reply, not_held(0)));
             return;
         };
-        let slot = &mut self.slots[index as usize];
-        let response = match &mut slot.holder {
+        let slot = &self.slots[index as usize];
+        let response = match &slot.holder {
             None => not_held(slot.last_token),
-            Some(holder) if holder.owner != request.owner => {
+            Some(holder) if !holder.matches(&request.owner, request.token) => {
                 Response::NotOwner(holder_info(holder, now))
             }
             Some(holder) => {
-                holder.expires_at = now + ms(request.ttl_ms);
-                self.timers
-                    .push(lease_timer(holder.expires_at, index, slot.generation));
+                let token = holder.token;
+                self.set_lease_end(index, now + ms(request.ttl_ms));
+                self.log_extend(index, request.ttl_ms, out);
                 self.stats.extends_total += 1;
                 Response::Extended(Extended {
-                    token: holder.token,
+                    token,
                     ttl_ms: request.ttl_ms,
                 })
             }
         };
-        out.push((reply, response));
+        self.respond(out, index, reply, response);
         self.remove_if_unused(index);
     }
 
     /// GET: the holder, its token, remaining lease and waiter count, or NOT_HELD.
-    pub fn get(&mut self, now: Instant, hash: u64, key: &[u8], reply: R, out: &mut Replies<R>) {
+    pub fn get(&mut self, now: Instant, hash: u64, key: &[u8], reply: R, out: &mut Output<R>) {
         let Some(index) = self.settled(now, hash, key, out) else {
-            out.push((reply, not_held(0)));
+            out.replies.push((reply, not_held(0)));
             return;
         };
         let slot = &self.slots[index as usize];
@@ -280,26 +342,18 @@ impl<R: ReplyTarget> LockTable<R> {
                 durability: holder.durability,
             }),
         };
-        out.push((reply, response));
+        self.respond(out, index, reply, response);
         self.remove_if_unused(index);
     }
 
-    /// Fires up to `timers_max` due timers: ends leases (handing the lock to the next
-    /// waiter) and answers waiters whose wait ran out with BUSY. Each timer is applied at
-    /// its own deadline, so the outcome does not depend on how late the worker got to it: a
-    /// waiter whose deadline came before the lease ended gets BUSY, one still waiting when
-    /// the lease ended gets the lock. A lease granted here counts from that deadline, which
-    /// is after the waiter's request arrived, so it never ends before the client's own
-    /// count (from when it sent the request). Returns true when more timers are due.
-    pub fn fire_timers(&mut self, now: Instant, timers_max: usize, out: &mut Replies<R>) -> bool {
+    /// Fires up to `timers_max` due timers, each at its own deadline: ends leases (handing
+    /// the lock to the next waiter) and answers waiters whose wait ran out with BUSY.
+    /// Returns true when more timers are due.
+    pub fn fire_timers(&mut self, now: Instant, timers_max: usize, out: &mut Output<R>) -> bool {
         for _ in 0..timers_max {
             let Some(timer) = self.timers.pop_due(now) else {
                 return false;
             };
-            let slot = &self.slots[timer.slot as usize];
-            if slot.generation != timer.generation {
-                continue; // The slot was freed (and maybe reused) since.
-            }
             match timer.kind {
                 TimerKind::Lease => self.settle(timer.slot, timer.deadline, out),
                 TimerKind::Waiter(id) => self.time_out_waiter(timer.slot, id, timer.deadline, out),
@@ -311,28 +365,38 @@ impl<R: ReplyTarget> LockTable<R> {
             .is_some_and(|deadline| deadline <= now)
     }
 
-    /// Drops every waiter of a closed connection. No replies: nobody would read them.
-    pub fn cancel_connection(&mut self, connection_id: u64) {
-        let Some(waits) = self.waits_by_connection.remove(&connection_id) else {
+    /// Drops every waiter of a connection that closed (or stopped reading), answering each
+    /// with BUSY so a half-closed client still hears that it did not get the lock.
+    pub fn cancel_connection(&mut self, connection_id: u64, now: Instant, out: &mut Output<R>) {
+        let Some(slots) = self.waits_by_connection.remove(&connection_id) else {
             return;
         };
-        for (index, generation) in waits.slots {
+        for index in slots.into_keys() {
             let slot = &mut self.slots[index as usize];
-            if slot.generation != generation {
-                continue;
+            let (leaving, staying): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut slot.waiters)
+                .into_iter()
+                .partition(|waiter| waiter.reply.connection_id() == connection_id);
+            slot.waiters = staying;
+            let holder = slot
+                .holder
+                .as_ref()
+                .expect("a lock with waiters has a holder");
+            let busy = holder_info(holder, now);
+            for waiter in leaving {
+                self.timers.remove(waiter_timer(&waiter, index));
+                self.stats.waiters -= 1;
+                out.replies
+                    .push((waiter.reply, Response::Busy(busy.clone())));
             }
-            let before = slot.waiters.len();
-            slot.waiters
-                .retain(|waiter| waiter.reply.connection_id() != connection_id);
-            self.stats.waiters -= (before - slot.waiters.len()) as u64;
         }
     }
 
     /// Answers every waiter with `error` (used at shutdown).
-    pub fn fail_all_waiters(&mut self, error: &ProtocolError, out: &mut Replies<R>) {
-        for slot in &mut self.slots {
+    pub fn fail_all_waiters(&mut self, error: &ProtocolError, out: &mut Output<R>) {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
             for waiter in slot.waiters.drain(..) {
-                out.push((waiter.reply, error.clone().into()));
+                self.timers.remove(waiter_timer(&waiter, index as u32));
+                out.replies.push((waiter.reply, error.clone().into()));
             }
         }
         self.stats.waiters = 0;
@@ -341,13 +405,7 @@ impl<R: ReplyTarget> LockTable<R> {
 
     /// The slot of a known key with its lease settled at `now`; `None` for a key the table
     /// does not track (never held, or forgotten once free with nobody waiting).
-    fn settled(
-        &mut self,
-        now: Instant,
-        hash: u64,
-        key: &[u8],
-        out: &mut Replies<R>,
-    ) -> Option<u32> {
+    fn settled(&mut self, now: Instant, hash: u64, key: &[u8], out: &mut Output<R>) -> Option<u32> {
         let index = self.find(hash, key)?;
         self.settle(index, now, out);
         Some(index)
@@ -376,10 +434,10 @@ impl<R: ReplyTarget> LockTable<R> {
                 self.slots.push(Slot {
                     key: key.into(),
                     hash,
-                    generation: 0,
                     holder: None,
                     last_token: 0,
                     waiters: VecDeque::new(),
+                    dirty: false,
                 });
                 index
             }
@@ -390,7 +448,7 @@ impl<R: ReplyTarget> LockTable<R> {
         index
     }
 
-    /// Frees a slot that has neither holder nor waiters.
+    /// Frees a slot that has neither holder nor waiters (and so no timers).
     fn remove_if_unused(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
         if slot.holder.is_some() || !slot.waiters.is_empty() {
@@ -402,48 +460,55 @@ impl<R: ReplyTarget> LockTable<R> {
             }
             Err(_) => panic!("slot {index} is in use but not in the index"),
         }
-        slot.generation = slot.generation.wrapping_add(1);
         slot.key = Box::default();
         slot.last_token = 0;
         self.free_slots.push(index);
     }
 
-    /// Ends an expired lease and hands a free lock to the next live waiter.
-    fn settle(&mut self, index: u32, now: Instant, out: &mut Replies<R>) {
-        let slot = &mut self.slots[index as usize];
-        let expired = match &slot.holder {
-            Some(holder) if holder.expires_at <= now => slot.holder.take(),
-            _ => None,
-        };
-        if expired.is_some() {
+    /// Ends every lease that ended by `now`, handing the lock on at the moment each ended
+    /// (see the module doc), until the lock is held by a live lease or free with nobody
+    /// waiting.
+    fn settle(&mut self, index: u32, now: Instant, out: &mut Output<R>) {
+        loop {
+            let slot = &mut self.slots[index as usize];
+            match &slot.holder {
+                Some(holder) if holder.expires_at <= now => {}
+                _ => break,
+            }
+            let expired = slot.holder.take().expect("matched Some");
+            // Absent when the lease timer itself is what fired.
+            self.timers
+                .remove_if_present(lease_timer(expired.expires_at, index));
             self.stats.locks_held -= 1;
             self.stats.expiries_total += 1;
+            self.hand_off(index, expired.expires_at, Some(&expired), out);
         }
-        self.hand_off(index, now, expired.as_ref(), out);
         let slot = &self.slots[index as usize];
         debug_assert!(slot.holder.is_some() || slot.waiters.is_empty());
     }
 
-    /// Grants a free lock to the first waiter that is still there and still waiting;
-    /// waiters whose time ran out get BUSY naming `previous`, the holder that just left.
+    /// Grants a lock that came free at `at` to the first waiter that is still there and
+    /// was still waiting at `at`; waiters whose time ran out get BUSY naming `previous`,
+    /// the holder that just left.
     fn hand_off(
         &mut self,
         index: u32,
-        now: Instant,
+        at: Instant,
         previous: Option<&Holder>,
-        out: &mut Replies<R>,
+        out: &mut Output<R>,
     ) {
         while self.slots[index as usize].holder.is_none() {
             let Some(waiter) = self.slots[index as usize].waiters.pop_front() else {
                 return;
             };
-            self.waiter_left(waiter.reply.connection_id());
+            self.timers.remove(waiter_timer(&waiter, index));
+            self.waiter_left(waiter.reply.connection_id(), index);
             if waiter.reply.is_gone() {
                 continue;
             }
-            if waiter.deadline <= now {
+            if waiter.deadline <= at {
                 let busy = match previous {
-                    Some(holder) => holder_info(holder, now),
+                    Some(holder) => holder_info(holder, at),
                     None => Busy {
                         token: self.slots[index as usize].last_token,
                         remaining_ms: 0,
@@ -451,15 +516,27 @@ impl<R: ReplyTarget> LockTable<R> {
                     },
                 };
                 self.stats.wait_timeouts_total += 1;
-                out.push((waiter.reply, Response::Busy(busy)));
+                self.respond(out, index, waiter.reply, Response::Busy(busy));
                 continue;
             }
-            let token = self.grant(index, waiter.owner, waiter.ttl_ms, waiter.durability, now);
-            out.push((waiter.reply, acquired(token, waiter.ttl_ms, false)));
+            let token = self.grant(
+                index,
+                waiter.owner,
+                waiter.ttl_ms,
+                waiter.durability,
+                at,
+                out,
+            );
+            self.respond(
+                out,
+                index,
+                waiter.reply,
+                acquired(token, waiter.ttl_ms, false),
+            );
         }
     }
 
-    /// Makes `owner` the holder of a free lock with a new token.
+    /// Makes `owner` the holder of a free lock with a new token and a lease from `now`.
     fn grant(
         &mut self,
         index: u32,
@@ -467,81 +544,226 @@ impl<R: ReplyTarget> LockTable<R> {
         ttl_ms: u64,
         durability: Durability,
         now: Instant,
+        out: &mut Output<R>,
     ) -> u64 {
         let token = self.tokens.next_token();
         let slot = &mut self.slots[index as usize];
         debug_assert!(slot.holder.is_none());
         assert!(token > slot.last_token, "fencing token must grow per lock");
         let expires_at = now + ms(ttl_ms);
+        if durability == Durability::Persistent {
+            let command = Command::Grant {
+                key: Bytes::copy_from_slice(&slot.key),
+                owner: owner.clone(),
+                token,
+                ttl_ms,
+            };
+            self.log(index, command, out);
+        }
+        let slot = &mut self.slots[index as usize];
         slot.holder = Some(Holder {
-            // Copy out of the request's frame buffer so the table never pins it.
-            owner: Bytes::copy_from_slice(&owner),
+            owner,
             token,
             expires_at,
             durability,
         });
         slot.last_token = token;
-        self.timers
-            .push(lease_timer(expires_at, index, slot.generation));
+        self.timers.insert(lease_timer(expires_at, index));
         self.stats.locks_held += 1;
         self.stats.grants_total += 1;
         token
     }
 
+    /// Queues a reply about the lock in `index`: after the flush if a decision about it
+    /// waits in the log, else now.
+    fn respond(&self, out: &mut Output<R>, index: u32, reply: R, response: Response) {
+        if self.slots[index as usize].dirty {
+            out.durable_replies.push((reply, response));
+        } else {
+            out.replies.push((reply, response));
+        }
+    }
+
+    /// Logs a decision about the lock in `index`; replies about it now wait for the flush.
+    fn log(&mut self, index: u32, command: Command, out: &mut Output<R>) {
+        out.log.push(command);
+        let slot = &mut self.slots[index as usize];
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty_slots.push(index);
+        }
+    }
+
+    /// Logs a new lease of `ttl_ms` for a persistent holder of `index`.
+    fn log_extend(&mut self, index: u32, ttl_ms: u64, out: &mut Output<R>) {
+        let slot = &self.slots[index as usize];
+        let holder = slot.holder.as_ref().expect("extending a held lock");
+        if holder.durability == Durability::Persistent {
+            let command = Command::Extend {
+                key: Bytes::copy_from_slice(&slot.key),
+                token: holder.token,
+                ttl_ms,
+            };
+            self.log(index, command, out);
+        }
+    }
+
+    /// Moves the lease of the holder of `index` to end at `expires_at`.
+    fn set_lease_end(&mut self, index: u32, expires_at: Instant) {
+        let holder = self.slots[index as usize]
+            .holder
+            .as_mut()
+            .expect("only a held lock has a lease");
+        let previous = std::mem::replace(&mut holder.expires_at, expires_at);
+        self.timers.remove(lease_timer(previous, index));
+        self.timers.insert(lease_timer(expires_at, index));
+    }
+
     fn enqueue(&mut self, index: u32, now: Instant, request: &Lock, reply: R) {
         let id = self.next_waiter_id;
         self.next_waiter_id += 1;
-        let deadline = now + ms(request.wait_ms);
-        let slot = &mut self.slots[index as usize];
-        let waits = self
+        *self
             .waits_by_connection
             .entry(reply.connection_id())
-            .or_default();
-        waits.live += 1;
-        waits.slots.push((index, slot.generation));
-        slot.waiters.push_back(Waiter {
+            .or_default()
+            .entry(index)
+            .or_default() += 1;
+        let waiter = Waiter {
             id,
             owner: Bytes::copy_from_slice(&request.owner),
             ttl_ms: request.ttl_ms,
-            deadline,
+            deadline: now + ms(request.wait_ms),
             durability: request.durability,
             reply,
-        });
-        self.timers.push(Timer {
-            deadline,
-            slot: index,
-            generation: slot.generation,
-            kind: TimerKind::Waiter(id),
-        });
+        };
+        self.timers.insert(waiter_timer(&waiter, index));
+        self.slots[index as usize].waiters.push_back(waiter);
         self.stats.waiters += 1;
     }
 
-    fn time_out_waiter(&mut self, index: u32, id: u64, now: Instant, out: &mut Replies<R>) {
-        self.settle(index, now, out);
+    /// A waiter's deadline fired (its timer is already out of the set).
+    fn time_out_waiter(&mut self, index: u32, id: u64, deadline: Instant, out: &mut Output<R>) {
+        self.settle(index, deadline, out);
         let slot = &mut self.slots[index as usize];
         let Some(position) = slot.waiters.iter().position(|waiter| waiter.id == id) else {
-            return; // Granted, cancelled or already answered.
+            // Settling handed the lock on and answered it already.
+            return;
         };
         let waiter = slot.waiters.remove(position).expect("position is in range");
         let holder = slot
             .holder
             .as_ref()
             .expect("a lock with waiters has a holder");
-        let busy = holder_info(holder, now);
-        self.waiter_left(waiter.reply.connection_id());
+        let busy = holder_info(holder, deadline);
+        self.waiter_left(waiter.reply.connection_id(), index);
         self.stats.wait_timeouts_total += 1;
-        out.push((waiter.reply, Response::Busy(busy)));
+        self.respond(out, index, waiter.reply, Response::Busy(busy));
     }
 
-    /// Book-keeping when a waiter leaves its queue (granted, timed out, or gone).
-    fn waiter_left(&mut self, connection_id: u64) {
+    /// Book-keeping when a waiter leaves the queue of `index`.
+    fn waiter_left(&mut self, connection_id: u64, index: u32) {
         self.stats.waiters -= 1;
-        if let Some(waits) = self.waits_by_connection.get_mut(&connection_id) {
-            waits.live -= 1;
-            if waits.live == 0 {
-                self.waits_by_connection.remove(&connection_id);
+        let Some(slots) = self.waits_by_connection.get_mut(&connection_id) else {
+            return;
+        };
+        if let Some(count) = slots.get_mut(&index) {
+            *count -= 1;
+            if *count == 0 {
+                slots.remove(&index);
             }
         }
+        if slots.is_empty() {
+            self.waits_by_connection.remove(&connection_id);
+        }
+    }
+}
+
+/// Rebuilds a table's persistent locks from its log at start. Every lease is counted in
+/// full from `now` (the restart), never from when it was first granted, so none ends
+/// before its holder's own count.
+#[derive(Debug)]
+pub struct Restorer<'a, R> {
+    table: &'a mut LockTable<R>,
+    now: Instant,
+    /// The largest fencing token seen, so the new run's tokens can start above it.
+    pub token_max: u64,
+}
+
+impl<'a, R: ReplyTarget> Restorer<'a, R> {
+    pub fn new(table: &'a mut LockTable<R>, now: Instant) -> Restorer<'a, R> {
+        Restorer {
+            table,
+            now,
+            token_max: 0,
+        }
+    }
+
+    fn hold(&mut self, key: &[u8], owner: &Bytes, token: u64, ttl_ms: u64) {
+        self.token_max = self.token_max.max(token);
+        let table = &mut *self.table;
+        let index = table.find_or_insert(super::key_hash(key), key);
+        if let Some(previous) = table.slots[index as usize].holder.take() {
+            table.timers.remove(lease_timer(previous.expires_at, index));
+            table.stats.locks_held -= 1;
+        }
+        let expires_at = self.now + ms(ttl_ms);
+        let slot = &mut table.slots[index as usize];
+        slot.holder = Some(Holder {
+            owner: owner.clone(),
+            token,
+            expires_at,
+            durability: Durability::Persistent,
+        });
+        slot.last_token = slot.last_token.max(token);
+        table.timers.insert(lease_timer(expires_at, index));
+        table.stats.locks_held += 1;
+    }
+
+    /// The slot of `key` if `token` is its current grant.
+    fn current(&self, key: &[u8], token: u64) -> Option<u32> {
+        let index = self.table.find(super::key_hash(key), key)?;
+        let holder = self.table.slots[index as usize].holder.as_ref()?;
+        (holder.token == token).then_some(index)
+    }
+}
+
+impl<R: ReplyTarget> Replay for Restorer<'_, R> {
+    fn restore(&mut self, snapshot: &Snapshot) {
+        for lock in &snapshot.locks {
+            self.hold(&lock.key, &lock.owner, lock.token, lock.ttl_ms);
+        }
+    }
+
+    fn apply(&mut self, entry: &Entry) {
+        match &entry.command {
+            Command::Grant {
+                key,
+                owner,
+                token,
+                ttl_ms,
+            } => self.hold(key, owner, *token, *ttl_ms),
+            Command::Release { key, token } => {
+                if let Some(index) = self.current(key, *token) {
+                    let table = &mut *self.table;
+                    let released = table.slots[index as usize].holder.take().expect("current");
+                    table.timers.remove(lease_timer(released.expires_at, index));
+                    table.stats.locks_held -= 1;
+                    table.remove_if_unused(index);
+                }
+            }
+            Command::Extend { key, token, ttl_ms } => {
+                if let Some(index) = self.current(key, *token) {
+                    self.table.set_lease_end(index, self.now + ms(*ttl_ms));
+                }
+            }
+        }
+    }
+}
+
+impl Holder {
+    /// Whether a request naming `owner` (and `token`, if given) speaks for this grant.
+    fn matches(&self, owner: &[u8], token: Option<u64>) -> bool {
+        self.owner == owner && token.is_none_or(|token| token == self.token)
     }
 }
 
@@ -549,12 +771,19 @@ fn ms(milliseconds: u64) -> Duration {
     Duration::from_millis(milliseconds)
 }
 
-fn lease_timer(deadline: Instant, slot: u32, generation: u32) -> Timer {
+fn lease_timer(deadline: Instant, slot: u32) -> Timer {
     Timer {
         deadline,
         slot,
-        generation,
         kind: TimerKind::Lease,
+    }
+}
+
+fn waiter_timer<R>(waiter: &Waiter<R>, slot: u32) -> Timer {
+    Timer {
+        deadline: waiter.deadline,
+        slot,
+        kind: TimerKind::Waiter(waiter.id),
     }
 }
 

@@ -1,20 +1,20 @@
-//! Deadlines of a shard: lease ends and waiter deadlines, in one min-heap.
+//! Deadlines of a shard: lease ends and waiter deadlines, in one ordered set.
 //!
-//! Entries are never removed early: extending a lease or granting a waiter leaves the old
-//! entry in place, and the table checks when an entry fires whether it still applies (the
-//! slot's generation and the lease's current end). This keeps every update O(log n) with no
-//! search; stale entries cost one pop each, at the time they would have fired.
+//! Each live lease and each queued waiter has exactly one entry: extending a lease moves
+//! its entry, and a waiter that leaves its queue (granted, cancelled, timed out) takes its
+//! entry with it. So the set never holds more than one entry per held lock plus one per
+//! waiter, however often leases are extended or re-acquired, and a timer that fires always
+//! applies. Updates are O(log n).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 /// What a deadline is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TimerKind {
-    /// The holder's lease of the lock in this slot may have ended.
+    /// The lease of the lock in this slot ends.
     Lease,
-    /// The waiter with this id may have waited long enough.
+    /// The waiter with this id has waited long enough.
     Waiter(u64),
 }
 
@@ -22,38 +22,49 @@ pub enum TimerKind {
 pub struct Timer {
     pub deadline: Instant,
     pub slot: u32,
-    pub generation: u32,
     pub kind: TimerKind,
 }
 
 #[derive(Debug, Default)]
 pub struct TimerQueue {
-    heap: BinaryHeap<Reverse<Timer>>,
+    timers: BTreeSet<Timer>,
 }
 
 impl TimerQueue {
-    pub fn push(&mut self, timer: Timer) {
-        self.heap.push(Reverse(timer));
+    pub fn insert(&mut self, timer: Timer) {
+        let inserted = self.timers.insert(timer);
+        debug_assert!(inserted, "timer {timer:?} armed twice");
+    }
+
+    /// Removes a timer that must be armed.
+    pub fn remove(&mut self, timer: Timer) {
+        let removed = self.timers.remove(&timer);
+        debug_assert!(removed, "timer {timer:?} was not armed");
+    }
+
+    /// Removes a timer that may already have fired.
+    pub fn remove_if_present(&mut self, timer: Timer) {
+        self.timers.remove(&timer);
     }
 
     /// The earliest deadline, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse(timer)| timer.deadline)
+        self.timers.first().map(|timer| timer.deadline)
     }
 
     /// Removes and returns the earliest timer if its deadline is at or before `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
-        match self.heap.peek() {
-            Some(Reverse(timer)) if timer.deadline <= now => self.heap.pop().map(|Reverse(t)| t),
+        match self.timers.first() {
+            Some(timer) if timer.deadline <= now => self.timers.pop_first(),
             _ => None,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.timers.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.timers.is_empty()
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use kahu_protocol::{ErrorCode, ProtocolError, Request};
 
-use super::table::{LockTable, Replies};
+use super::table::{LockTable, Output};
 use super::{ReplyTo, ShardMessage, ShardStats};
 use crate::data_dir::DataDir;
 
@@ -19,6 +19,8 @@ use crate::data_dir::DataDir;
 pub const BATCH_MAX: usize = 1024;
 /// Timers fired in one turn at most, so a burst of expiries cannot starve requests.
 pub const TIMERS_PER_TURN_MAX: usize = 4096;
+/// How long a shard that cannot store a new token epoch waits before trying again.
+const EPOCH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(super) struct ShardWorker {
     receiver: Receiver<ShardMessage>,
@@ -49,7 +51,7 @@ impl ShardWorker {
     /// Runs until every sender is gone (the server dropped its shard set).
     pub(super) fn run(mut self) {
         let mut batch = Vec::with_capacity(BATCH_MAX);
-        let mut replies: Replies<ReplyTo> = Vec::with_capacity(BATCH_MAX);
+        let mut replies: Output<ReplyTo> = Output::default();
         loop {
             let first = match self.table.next_deadline() {
                 Some(deadline) => self.receiver.recv_deadline(deadline),
@@ -76,17 +78,12 @@ impl ShardWorker {
         send_all(&mut replies);
     }
 
-    fn turn(&mut self, batch: &mut Vec<ShardMessage>, replies: &mut Replies<ReplyTo>) {
-        if let Err(error) = self.ensure_tokens() {
-            for message in batch.drain(..) {
-                if let ShardMessage::Request { reply, .. } = message {
-                    reply.send(error.clone().into());
-                }
-            }
-            return;
-        }
+    fn turn(&mut self, batch: &mut Vec<ShardMessage>, replies: &mut Output<ReplyTo>) {
         let now = Instant::now();
-        self.table.fire_timers(now, TIMERS_PER_TURN_MAX, replies);
+        let tokens = self.ensure_tokens();
+        if tokens.is_ok() {
+            self.table.fire_timers(now, TIMERS_PER_TURN_MAX, replies);
+        }
         for message in batch.drain(..) {
             match message {
                 ShardMessage::Request {
@@ -95,10 +92,13 @@ impl ShardWorker {
                     reply,
                 } => {
                     self.requests_total += 1;
-                    self.apply(now, hash, &request, reply, replies);
+                    match &tokens {
+                        Ok(()) => self.apply(now, hash, &request, reply, replies),
+                        Err(error) => replies.replies.push((reply, error.clone().into())),
+                    }
                 }
                 ShardMessage::ConnectionClosed(connection_id) => {
-                    self.table.cancel_connection(connection_id);
+                    self.table.cancel_connection(connection_id, now, replies);
                 }
                 ShardMessage::Shutdown => self.stopping = true,
             }
@@ -112,6 +112,11 @@ impl ShardWorker {
         self.stats
             .publish(self.table.len(), &self.table.stats(), self.requests_total);
         send_all(replies);
+        self.table.end_turn();
+        if tokens.is_err() {
+            // Timers stay due while no token can be granted: pause instead of spinning.
+            std::thread::sleep(EPOCH_RETRY_PAUSE);
+        }
     }
 
     fn apply(
@@ -120,7 +125,7 @@ impl ShardWorker {
         hash: u64,
         request: &Request,
         reply: ReplyTo,
-        replies: &mut Replies<ReplyTo>,
+        replies: &mut Output<ReplyTo>,
     ) {
         match request {
             Request::Lock(lock) => self.table.lock(now, hash, lock, reply, replies),
@@ -131,7 +136,7 @@ impl ShardWorker {
                 debug_assert!(false, "unkeyed request routed to a shard");
                 let error =
                     ProtocolError::new(ErrorCode::Internal, "request routed to a shard by mistake");
-                replies.push((reply, error.into()));
+                replies.replies.push((reply, error.into()));
             }
         }
     }
@@ -161,8 +166,14 @@ impl ShardWorker {
     }
 }
 
-fn send_all(replies: &mut Replies<ReplyTo>) {
-    for (reply, response) in replies.drain(..) {
+fn send_all(output: &mut Output<ReplyTo>) {
+    debug_assert!(output.log.is_empty(), "persistent decisions without a log");
+    output.log.clear();
+    for (reply, response) in output
+        .replies
+        .drain(..)
+        .chain(output.durable_replies.drain(..))
+    {
         reply.send(response);
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! At most one command flag (`--lock`, `--unlock`, `--extend-lock`, `--get-lock`, `--ping`,
 //! `--info`); none starts the interactive shell. Every usage error, including the checks
-//! done here rather than by clap (`--expires` with `--lock`; `--wait` only with `--lock`,
-//! since clap's `requires` is satisfied by any member of a group, clap-rs/clap#4707), exits
-//! with code 2 through clap.
+//! done here rather than by clap (`--expires` with `--lock`; `--wait` only with `--lock`;
+//! `--token` only with `--unlock` and `--extend-lock`, since clap's `requires` is satisfied
+//! by any member of a group, clap-rs/clap#4707), exits with code 2 through clap.
 
 use clap::error::ErrorKind;
 use clap::{ArgGroup, CommandFactory, Parser, ValueEnum};
@@ -23,6 +23,9 @@ Owner:
   The default owner is $KAHU_OWNER, else USER@HOST: the same for every run by one user on one
   host, so --unlock in a later run releases what --lock took. --lock therefore refuses a lock
   its own owner already holds (a second copy of a script gets \"not acquired\", not the lock).
+  Because the owner is shared, give --unlock and --extend-lock the fencing token --lock
+  printed (--token T): if the lease ended and another run of the same owner took the lock
+  since, they answer \"not owner\" instead of releasing or extending that run's lock.
 
 Leases:
   --lock never releases on exit: the lock lives until its lease (--expires) ends or --unlock.
@@ -32,7 +35,13 @@ Example:
   IS_ACQUIRED=$(kahu-cli --lock backup-lock --expires 60000 --format json | jq .isAcquired)
   [ \"$IS_ACQUIRED\" = \"true\" ] || { echo \"Backup is already running!\"; exit 1; }
   pg_dump ...
-  kahu-cli --unlock backup-lock --format json";
+  kahu-cli --unlock backup-lock --format json
+
+  # the same, releasing only this run's grant:
+  LOCK=$(kahu-cli --lock backup-lock --expires 60000 --format json)
+  [ \"$(echo \"$LOCK\" | jq .isAcquired)\" = \"true\" ] || exit 1
+  pg_dump ...
+  kahu-cli --unlock backup-lock --token \"$(echo \"$LOCK\" | jq .fencingToken)\"";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,6 +93,11 @@ pub struct Args {
     /// Lease in milliseconds, for --lock and --extend-lock
     #[arg(long, value_name = "MS")]
     pub expires: Option<u64>,
+
+    /// With --unlock or --extend-lock: act only on the grant with fencing token T (as printed
+    /// by --lock); a later grant of the lock, even to the same owner, answers "not owner"
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..))]
+    pub token: Option<u64>,
 
     // The `[default: ...]` help texts are attributes, not doc comments, so rustdoc does not
     // read them as links.
@@ -155,10 +169,14 @@ pub enum Action {
     },
     Unlock {
         key: String,
+        /// Release only this grant; `None`: any grant of the owner.
+        token: Option<u64>,
     },
     Extend {
         key: String,
         expires_ms: u64,
+        /// Extend only this grant; `None`: any grant of the owner.
+        token: Option<u64>,
     },
     Get {
         key: String,
@@ -173,7 +191,7 @@ impl Action {
     pub fn key(&self) -> Option<&str> {
         match self {
             Action::Lock { key, .. }
-            | Action::Unlock { key }
+            | Action::Unlock { key, .. }
             | Action::Extend { key, .. }
             | Action::Get { key } => Some(key),
             Action::Ping | Action::Info | Action::Shell => None,
@@ -183,7 +201,8 @@ impl Action {
 
 impl Args {
     /// The action the flags ask for; exits with code 2 when `--expires` is missing or
-    /// given to a command that does not use it.
+    /// given to a command that does not use it, and likewise for `--wait`, `--retry` and
+    /// `--token`.
     pub fn action(&self) -> Action {
         match self.resolve() {
             Ok(action) => action,
@@ -212,9 +231,13 @@ impl Args {
             Action::Extend {
                 key: key.clone(),
                 expires_ms: expires("extend")?,
+                token: self.token,
             }
         } else if let Some(key) = &self.unlock {
-            Action::Unlock { key: key.clone() }
+            Action::Unlock {
+                key: key.clone(),
+                token: self.token,
+            }
         } else if let Some(key) = &self.get_lock {
             Action::Get { key: key.clone() }
         } else if self.ping {
@@ -236,6 +259,13 @@ impl Args {
             return Err((
                 ErrorKind::ArgumentConflict,
                 "--wait and --retry apply only to --lock",
+            ));
+        }
+        let uses_token = matches!(action, Action::Unlock { .. } | Action::Extend { .. });
+        if self.token.is_some() && !uses_token {
+            return Err((
+                ErrorKind::ArgumentConflict,
+                "--token applies only to --unlock and --extend-lock",
             ));
         }
         Ok(action)
@@ -297,6 +327,56 @@ mod tests {
             .unwrap()
             .resolve();
         assert_eq!(stray.unwrap_err().0, ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn unlock_and_extend_take_an_optional_token() {
+        let unlock = parse(&["--unlock", "k", "--token", "42"])
+            .unwrap()
+            .resolve();
+        assert_eq!(
+            unlock,
+            Ok(Action::Unlock {
+                key: "k".into(),
+                token: Some(42)
+            })
+        );
+        let extend = parse(&["--extend-lock", "k", "--expires", "500", "--token", "7"]);
+        assert_eq!(
+            extend.unwrap().resolve(),
+            Ok(Action::Extend {
+                key: "k".into(),
+                expires_ms: 500,
+                token: Some(7)
+            })
+        );
+        let any = parse(&["--unlock", "k"]).unwrap().resolve();
+        assert_eq!(
+            any,
+            Ok(Action::Unlock {
+                key: "k".into(),
+                token: None
+            })
+        );
+        let zero = parse(&["--unlock", "k", "--token", "0"]).unwrap_err();
+        assert_eq!(
+            zero.kind(),
+            ErrorKind::ValueValidation,
+            "no grant has token 0"
+        );
+        assert!(parse(&["--unlock", "k", "--token", "soon"]).is_err());
+        for stray in [
+            &["--lock", "k", "--expires", "5", "--token", "3"][..],
+            &["--get-lock", "k", "--token", "3"],
+            &["--token", "3"],
+        ] {
+            let resolved = parse(stray).unwrap().resolve();
+            assert_eq!(
+                resolved.unwrap_err().0,
+                ErrorKind::ArgumentConflict,
+                "{stray:?}"
+            );
+        }
     }
 
     #[test]

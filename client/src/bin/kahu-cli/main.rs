@@ -3,6 +3,7 @@
 //! ```bash
 //! kahu-cli --lock backup-lock --expires 60000 --format json   # take (exit 1 if taken)
 //! kahu-cli --unlock backup-lock                               # release
+//! kahu-cli --unlock backup-lock --token 1099511627777         # release only that grant
 //! kahu-cli                                                    # interactive shell
 //! ```
 //!
@@ -13,7 +14,9 @@
 //! The default owner is stable for a user on a host (`USER@HOST`, or `$KAHU_OWNER`), so a
 //! later `--unlock` can release what an earlier `--lock` took. Because every run shares that
 //! owner, `--lock` sends LOCK with `if_not_held`: without it, a second copy of a script
-//! would be granted the first copy's lock as an idempotent re-acquire.
+//! would be granted the first copy's lock as an idempotent re-acquire. For the same reason
+//! `--unlock` and `--extend-lock` take `--token`: with it they act on one grant only, never
+//! on a later grant to another run of the same owner.
 //!
 //! Layout: `args` (flags), `output` (results and exit codes), `shell` (no command flag).
 
@@ -92,15 +95,20 @@ async fn run(args: &Args, action: Action) -> Exit {
             }
             lock(builder, key, output).await
         }
-        Action::Unlock { key } => client
-            .unlock(key.clone(), owner.clone())
+        Action::Unlock { key, token } => client
+            .unlock_token(key.clone(), owner.clone(), *token)
             .await
             .map(|outcome| output.unlock(key, &owner, &outcome)),
-        Action::Extend { key, expires_ms } => client
-            .extend(
+        Action::Extend {
+            key,
+            expires_ms,
+            token,
+        } => client
+            .extend_token(
                 key.clone(),
                 owner.clone(),
                 Duration::from_millis(*expires_ms),
+                *token,
             )
             .await
             .map(|outcome| output.extend(key, &owner, &outcome)),

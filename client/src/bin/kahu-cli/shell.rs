@@ -17,7 +17,10 @@
 //! The shell keeps a guard for every lock it took and releases them all on `exit`, `quit`
 //! or end of input. Its locks use the same owner and the same `if_not_held` rule as
 //! `--lock`, so a shell and a script of one user see each other's locks as taken. A lock
-//! still lives on its lease: a shell idle past `--expires` loses it (use `extend`).
+//! still lives on its lease: a shell idle past `--expires` loses it (use `extend`). Since
+//! the owner is shared, the guards' UNLOCK and EXTEND carry their fencing tokens: when a
+//! lease ran out and a script of the same owner took the lock since, `unlock`, `extend` and
+//! `exit` answer "not owner" and leave the script's lock alone.
 
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal};

@@ -70,8 +70,9 @@ impl Harness {
     /// Moves the clock and fires due timers.
     fn advance(&mut self, milliseconds: u64) -> Vec<(u32, Response)> {
         self.now += Duration::from_millis(milliseconds);
-        let mut out = Vec::new();
+        let mut out = Output::default();
         while self.table.fire_timers(self.now, 3, &mut out) {}
+        self.table.end_turn();
         ids(out)
     }
 
@@ -104,39 +105,64 @@ impl Harness {
             if_not_held,
         };
         let reply = self.reply(connection);
-        let mut out = Vec::new();
+        let mut out = Output::default();
         self.table
             .lock(self.now, hash(key), &request, reply, &mut out);
         ids(out)
     }
 
     fn unlock(&mut self, key: &str, owner: &str) -> Response {
-        let mut replies = self.unlock_all(key, owner);
+        self.unlock_token(key, owner, None)
+    }
+
+    fn unlock_token(&mut self, key: &str, owner: &str, token: Option<u64>) -> Response {
+        let mut replies = self.unlock_request(key, owner, token);
         assert_eq!(replies.len(), 1, "expected one reply: {replies:?}");
         replies.remove(0).1
     }
 
     /// UNLOCK, returning every reply (the release and any hand-off).
     fn unlock_all(&mut self, key: &str, owner: &str) -> Vec<(u32, Response)> {
+        self.unlock_request(key, owner, None)
+    }
+
+    fn unlock_request(
+        &mut self,
+        key: &str,
+        owner: &str,
+        token: Option<u64>,
+    ) -> Vec<(u32, Response)> {
         let request = Unlock {
             key: Bytes::copy_from_slice(key.as_bytes()),
             owner: Bytes::copy_from_slice(owner.as_bytes()),
+            token,
         };
         let reply = self.reply(0);
-        let mut out = Vec::new();
+        let mut out = Output::default();
         self.table
             .unlock(self.now, hash(key), &request, reply, &mut out);
         ids(out)
     }
 
     fn extend(&mut self, key: &str, owner: &str, ttl_ms: u64) -> Response {
+        self.extend_token(key, owner, ttl_ms, None)
+    }
+
+    fn extend_token(
+        &mut self,
+        key: &str,
+        owner: &str,
+        ttl_ms: u64,
+        token: Option<u64>,
+    ) -> Response {
         let request = Extend {
             key: Bytes::copy_from_slice(key.as_bytes()),
             owner: Bytes::copy_from_slice(owner.as_bytes()),
             ttl_ms,
+            token,
         };
         let reply = self.reply(0);
-        let mut out = Vec::new();
+        let mut out = Output::default();
         self.table
             .extend(self.now, hash(key), &request, reply, &mut out);
         self.single(out)
@@ -144,20 +170,29 @@ impl Harness {
 
     fn get(&mut self, key: &str) -> Response {
         let reply = self.reply(0);
-        let mut out = Vec::new();
+        let mut out = Output::default();
         self.table
             .get(self.now, hash(key), key.as_bytes(), reply, &mut out);
         self.single(out)
     }
 
-    fn single(&self, out: Replies<TestReply>) -> Response {
-        assert_eq!(out.len(), 1, "expected one reply: {out:?}");
-        out.into_iter().next().unwrap().1
+    fn single(&self, out: Output<TestReply>) -> Response {
+        let mut replies = ids(out);
+        assert_eq!(replies.len(), 1, "expected one reply: {replies:?}");
+        replies.remove(0).1
     }
 
-    fn disconnect(&mut self, connection: u64) {
+    /// The connection closes: its waiters are answered (to nobody) and dropped.
+    fn disconnect(&mut self, connection: u64) -> Vec<(u32, Response)> {
         self.connections.entry(connection).or_default().set(true);
-        self.table.cancel_connection(connection);
+        let mut out = Output::default();
+        self.table.cancel_connection(connection, self.now, &mut out);
+        ids(out)
+    }
+
+    /// Moves the clock without firing timers, as when the worker is busy.
+    fn skip(&mut self, milliseconds: u64) {
+        self.now += Duration::from_millis(milliseconds);
     }
 
     fn elapsed_ms(&self) -> u128 {
@@ -165,8 +200,11 @@ impl Harness {
     }
 }
 
-fn ids(out: Replies<TestReply>) -> Vec<(u32, Response)> {
-    out.into_iter()
+/// Every reply of a step, in order: those sent at once, then those after the flush.
+fn ids(out: Output<TestReply>) -> Vec<(u32, Response)> {
+    out.replies
+        .into_iter()
+        .chain(out.durable_replies)
         .map(|(reply, response)| (reply.request, response))
         .collect()
 }
@@ -370,21 +408,32 @@ fn tokens_grow_per_lock_across_releases_expiries_and_keys() {
 }
 
 #[test]
-fn waiters_of_a_closed_connection_are_dropped() {
+fn waiters_of_a_closed_connection_are_answered_busy_and_dropped() {
     let mut h = Harness::new();
     h.lock(1, "k", "alice", 1000, 0);
     h.lock(2, "k", "bob", 1000, 5000);
     h.lock(3, "k", "carol", 1000, 5000);
+    h.lock(2, "k", "bob", 1000, 5000); // a second waiter of the same connection
     h.lock(2, "other", "bob", 1000, 5000); // free: granted at once
-    h.disconnect(2);
+    let cancelled = h.disconnect(2);
+    assert!(
+        matches!(
+            &cancelled[..],
+            [(2, Response::Busy(_)), (4, Response::Busy(_))]
+        ),
+        "{cancelled:?}"
+    );
     assert!(matches!(h.get("k"), Response::LockInfo(info) if info.waiters == 1));
     assert_eq!(h.table.stats().waiters, 1);
+    assert_eq!(h.table.timer_count(), 3, "two leases and carol's wait");
     let handed = h.unlock_all("k", "alice");
-    assert!(
-        matches!(&handed[..], [(_, Response::Released(_)), (request, Response::Acquired(_))] if *request == 3)
-    );
+    assert!(matches!(
+        &handed[..],
+        [(_, Response::Released(_)), (3, Response::Acquired(_))]
+    ));
     // The disconnected client's *held* lock stays until its lease ends.
     assert!(matches!(h.get("other"), Response::LockInfo(info) if info.owner == "bob"));
+    assert!(h.disconnect(2).is_empty(), "a second close finds nothing");
 }
 
 #[test]
@@ -422,7 +471,7 @@ fn shutdown_answers_every_waiter() {
     let mut h = Harness::new();
     h.lock(1, "k", "alice", 1000, 0);
     h.lock(2, "k", "bob", 1000, 5000);
-    let mut out = Vec::new();
+    let mut out = Output::default();
     let error = ProtocolError::new(ErrorCode::ShuttingDown, "stopping");
     h.table.fail_all_waiters(&error, &mut out);
     assert!(
@@ -432,17 +481,94 @@ fn shutdown_answers_every_waiter() {
 }
 
 #[test]
-fn slots_are_reused_and_stale_timers_ignored() {
+fn slots_are_reused_and_leave_no_timers_behind() {
     let mut h = Harness::new();
     h.lock(1, "a", "alice", 1000, 0);
-    h.unlock("a", "alice"); // slot 0 freed; its lease timer (t=1000) is now stale
+    h.unlock("a", "alice"); // slot 0 freed with its lease timer
+    assert_eq!(h.table.timer_count(), 0);
     h.lock(1, "b", "bob", 5000, 0); // reuses slot 0
     assert!(h.advance(1000).is_empty());
-    assert!(
-        matches!(h.get("b"), Response::LockInfo(info) if info.owner == "bob"),
-        "a stale timer must not end bob's lease"
-    );
+    assert!(matches!(h.get("b"), Response::LockInfo(info) if info.owner == "bob"));
     assert_eq!(h.table.slots.len(), 1);
+}
+
+#[test]
+fn extending_often_keeps_one_timer_per_lock() {
+    let mut h = Harness::new();
+    h.lock(1, "k", "alice", 60_000, 0);
+    for _ in 0..1000 {
+        h.advance(1);
+        assert!(matches!(
+            h.extend("k", "alice", 60_000),
+            Response::Extended(_)
+        ));
+        h.lock(1, "k", "alice", 60_000, 0); // a re-acquire resets the lease too
+    }
+    assert_eq!(h.table.timer_count(), 1);
+    // And churn on fresh keys leaves nothing behind once they are released.
+    for round in 0..1000 {
+        let key = format!("churn-{round}");
+        h.lock(1, &key, "alice", 60_000, 0);
+        h.unlock(&key, "alice");
+    }
+    assert_eq!(h.table.timer_count(), 1);
+    assert_eq!(h.table.len(), 1);
+}
+
+#[test]
+fn a_token_in_unlock_or_extend_must_match_the_current_grant() {
+    let mut h = Harness::new();
+    let first = token_of(&h.lock(1, "k", "shared-owner", 100, 0));
+    h.advance(100); // that lease ends; the same owner takes the lock again
+    let second = token_of(&h.lock(1, "k", "shared-owner", 1000, 0));
+    assert!(second > first);
+    // A stale guard of the first grant can neither extend nor release the second.
+    assert!(
+        matches!(h.extend_token("k", "shared-owner", 1000, Some(first)), Response::NotOwner(holder) if holder.token == second)
+    );
+    assert!(matches!(
+        h.unlock_token("k", "shared-owner", Some(first)),
+        Response::NotOwner(_)
+    ));
+    assert!(matches!(h.get("k"), Response::LockInfo(info) if info.token == second));
+    assert!(matches!(
+        h.extend_token("k", "shared-owner", 1000, Some(second)),
+        Response::Extended(_)
+    ));
+    assert!(
+        matches!(h.unlock_token("k", "shared-owner", Some(second)), Response::Released(r) if r.token == second)
+    );
+}
+
+#[test]
+fn a_busy_worker_still_serves_waiters_in_order_of_their_deadlines() {
+    let mut h = Harness::new();
+    h.lock(1, "k", "alice", 1000, 0);
+    assert!(h.lock(2, "k", "bob", 1000, 1500).is_empty()); // still waiting when the lease ends
+                                                           // The worker falls behind: no timer fires until a new request arrives at 1200.
+    h.skip(1200);
+    let replies = h.lock(3, "k", "carol", 1000, 0);
+    // Bob was first in line when the lease ended at 1000, so he holds it, not carol.
+    assert!(
+        matches!(&replies[..], [(2, Response::Acquired(_)), (_, Response::Busy(holder))] if holder.owner == "bob"),
+        "{replies:?}"
+    );
+    // Bob's lease counts from 1000, when the lock came free.
+    assert!(matches!(h.get("k"), Response::LockInfo(info) if info.remaining_ms == 800));
+}
+
+#[test]
+fn a_chain_of_leases_that_all_ended_is_settled_in_one_step() {
+    let mut h = Harness::new();
+    h.lock(1, "k", "alice", 100, 0);
+    assert!(h.lock(2, "k", "bob", 100, 10_000).is_empty());
+    assert!(h.lock(3, "k", "carol", 100, 10_000).is_empty());
+    h.skip(250); // alice ends at 100, bob (granted at 100) at 200; carol from 200 to 300
+    let replies = h.lock(4, "k", "dave", 100, 0);
+    assert!(
+        matches!(&replies[..], [(2, Response::Acquired(_)), (3, Response::Acquired(_)), (_, Response::Busy(holder))] if holder.owner == "carol" && holder.remaining_ms == 50),
+        "{replies:?}"
+    );
 }
 
 /// One random step against the table.
