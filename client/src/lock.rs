@@ -84,7 +84,7 @@ impl<'a> LockBuilder<'a> {
             ttl: LockBuilder::TTL_DEFAULT,
             wait: Duration::ZERO,
             retry: LockBuilder::RETRY_DEFAULT,
-            durability: Durability::Ephemeral,
+            durability: Durability::Persistent,
             if_not_held: false,
         }
     }
@@ -125,9 +125,10 @@ impl<'a> LockBuilder<'a> {
         self
     }
 
-    /// Where the lock lives (default [`Durability::Ephemeral`]). A server without a
-    /// write-ahead log answers `Persistent` with an UNSUPPORTED error; the client never
-    /// downgrades it to `Ephemeral`.
+    /// Where the lock lives. The default, [`Durability::Persistent`], survives a server
+    /// crash: the grant is synced to the server's write-ahead log before it is answered.
+    /// [`Durability::Ephemeral`] is faster and lives in the server's memory only. A server
+    /// that cannot keep persistent locks refuses them; the client never downgrades.
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
         self

@@ -141,7 +141,7 @@ fn every_command_prints_its_documented_json_and_exit_code() {
     assert_eq!(get["fencingToken"], token);
     assert!(get["expiresMs"].as_u64().unwrap() <= 60000);
     assert_eq!(get["waiters"], 0);
-    assert_eq!(get["durability"], "ephemeral");
+    assert_eq!(get["durability"], "persistent");
 
     // Phase 3: extend (0), unlock (0).
     let (code, extend) = fixture.json(&["--extend-lock", "json-lock", "--expires", "30000"]);
@@ -344,20 +344,23 @@ fn nobody_listening_exits_3() {
 }
 
 #[test]
-fn persistent_locks_exit_4_with_the_server_error() {
+fn locks_are_persistent_unless_asked_otherwise() {
     let fixture = Fixture::start();
-    let (code, error) = fixture.json(&[
+    let (code, lock) = fixture.json(&["--lock", "durable", "--expires", "60000"]);
+    assert_eq!(code, 0, "{lock}");
+    let (_, info) = fixture.json(&["--get-lock", "durable"]);
+    assert_eq!(info["durability"], "persistent", "{info}");
+    let (code, lock) = fixture.json(&[
         "--lock",
-        "durable",
+        "fast",
         "--expires",
-        "1000",
+        "60000",
         "--durability",
-        "persistent",
+        "ephemeral",
     ]);
-    assert_eq!(code, 4, "{error}");
-    assert_eq!(error["error"]["code"], "UNSUPPORTED");
-    assert_eq!(error["error"]["class"], "client");
-    assert_eq!(error["isAcquired"], false);
+    assert_eq!(code, 0, "{lock}");
+    let (_, info) = fixture.json(&["--get-lock", "fast"]);
+    assert_eq!(info["durability"], "ephemeral", "{info}");
 }
 
 /// Runs the shell with `input` on a pipe; returns its exit code and stdout lines.

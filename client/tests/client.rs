@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kahu_client::{
-    Client, ClientOptions, Durability, ErrorCode, ExtendOutcome, LockGuard, LockState,
-    UnlockOutcome,
+    Client, ClientOptions, Durability, ExtendOutcome, LockGuard, LockState, UnlockOutcome,
 };
 use kahu_server::{Config, RunningServer, Server};
 use tempfile::TempDir;
@@ -112,7 +111,7 @@ async fn lock_extend_get_unlock() {
     };
     assert_eq!((&held.owner, held.fencing_token), (guard.owner(), token));
     assert!(held.remaining <= Duration::from_secs(5));
-    assert_eq!(held.durability, Durability::Ephemeral);
+    assert_eq!(held.durability, Durability::Persistent);
 
     // Phase 3: EXTEND keeps the token.
     let extended = guard.extend(Duration::from_secs(20)).await.unwrap();
@@ -353,20 +352,27 @@ async fn unlock_and_extend_by_key_name_the_refusal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persistent_locks_are_refused_until_the_log_exists() {
+async fn locks_are_persistent_by_default_and_ephemeral_on_request() {
     let server = TestServer::start().await;
     let client = server.client().await;
-    let error = client
-        .lock("durable")
-        .durability(Durability::Persistent)
+    let durable = client.lock("durable").acquire().await.unwrap();
+    let fast = client
+        .lock("fast")
+        .durability(Durability::Ephemeral)
         .acquire()
         .await
-        .unwrap_err();
-    assert_eq!(error.code(), Some(ErrorCode::Unsupported), "{error}");
-    assert!(
-        !client.get("durable").await.unwrap().is_locked(),
-        "not downgraded"
-    );
+        .unwrap();
+    for (key, expected) in [
+        ("durable", Durability::Persistent),
+        ("fast", Durability::Ephemeral),
+    ] {
+        match client.get(key).await.unwrap() {
+            LockState::Held(held) => assert_eq!(held.durability, expected, "{key}"),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    durable.release().await.unwrap();
+    fast.release().await.unwrap();
     server.shutdown().await;
 }
 

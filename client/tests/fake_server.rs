@@ -336,7 +336,11 @@ async fn a_lock_wait_goes_to_the_server_and_extends_the_timeout() {
             !lock.if_not_held,
             "the library default is an idempotent LOCK"
         );
-        assert_eq!(lock.durability, Durability::Ephemeral);
+        assert_eq!(
+            lock.durability,
+            Durability::Persistent,
+            "locks are persistent by default"
+        );
         // Answer later than the request timeout, within timeout + wait.
         tokio::time::sleep(Duration::from_millis(250)).await;
         connection.reply(request_id, acquired(42, 10_000)).await;

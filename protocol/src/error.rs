@@ -92,7 +92,9 @@ error_codes! {
     TooManyWaiters = 100, Retryable, "TOO_MANY_WAITERS";
     TooManyConnections = 101, Retryable, "TOO_MANY_CONNECTIONS";
     ShuttingDown = 102, Retryable, "SHUTTING_DOWN";
+    StorageUnavailable = 103, Retryable, "STORAGE_UNAVAILABLE";
     Internal = 200, Server, "INTERNAL";
+    StorageFailed = 201, Server, "STORAGE_FAILED";
     NotLeader = 300, NotLeader, "NOT_LEADER";
 }
 

@@ -25,13 +25,14 @@ use crate::limits::{
 };
 use crate::wire::{put_bytes16, BodyReader};
 
-/// Where a lock lives. `Persistent` locks are written to the log before the reply;
-/// `Ephemeral` locks live in memory only and are lost if the node dies.
+/// Where a lock lives. `Persistent` locks (the default) are written to the log and synced
+/// before the reply; `Ephemeral` locks live in memory only, are fastest, and are lost if
+/// the node dies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[repr(u8)]
 pub enum Durability {
-    #[default]
     Ephemeral = 0,
+    #[default]
     Persistent = 1,
 }
 

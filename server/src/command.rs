@@ -3,7 +3,7 @@
 //! shard that owns its key.
 
 use kahu_protocol::{
-    limits, Durability, ErrorCode, HelloOk, InfoReply, ProtocolError, Request, Response, VERSION,
+    limits, ErrorCode, HelloOk, InfoReply, ProtocolError, Request, Response, VERSION,
 };
 
 use crate::server::Shared;
@@ -34,14 +34,6 @@ pub fn route(request: Request, shared: &Shared) -> Routed {
                 )
                 .into()
             },
-        ),
-        Request::Lock(lock) if lock.durability == Durability::Persistent => Routed::Local(
-            ProtocolError::new(
-                ErrorCode::Unsupported,
-                "persistent locks need the write-ahead log, which this server does not have yet; \
-                 ask for durability ephemeral",
-            )
-            .into(),
         ),
         keyed => Routed::Shard(keyed),
     }

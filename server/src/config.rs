@@ -22,7 +22,9 @@ pub struct Config {
     #[arg(long, env = "KAHU_DATA_DIR", default_value = "kahu-data")]
     pub data_dir: PathBuf,
 
-    /// Shard workers (threads owning a part of the lock table); 0 means one per core.
+    /// Shard workers (threads owning a part of the lock table, each with its own log); 0
+    /// means one per core for a new data directory, and the stored count for an existing
+    /// one (keys are placed by hash, so the count of a data directory never changes).
     #[arg(long, env = "KAHU_SHARDS", default_value_t = 0)]
     pub shards: usize,
 
@@ -52,6 +54,21 @@ pub struct Config {
     /// it is dropped (a client that stopped reading cannot hold up the stop).
     #[arg(long, env = "KAHU_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Bytes per write-ahead log segment file (preallocated).
+    #[arg(long, env = "KAHU_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    pub wal_segment_bytes: u64,
+
+    /// Snapshot a shard's persistent locks (and delete the log it covers) once this many
+    /// bytes were logged since the last snapshot.
+    #[arg(long, env = "KAHU_SNAPSHOT_LOG_BYTES", default_value_t = 64 << 20)]
+    pub snapshot_log_bytes: u64,
+
+    /// UNSAFE: do not fdatasync the write-ahead log. Persistent locks acknowledged shortly
+    /// before a power cut or kernel crash can be LOST (a process crash alone is survived).
+    /// For benchmarks and throwaway test machines only.
+    #[arg(long, env = "KAHU_UNSAFE_NO_FSYNC")]
+    pub unsafe_no_fsync: bool,
 }
 
 /// The largest shard count accepted.
@@ -74,6 +91,9 @@ impl Config {
             requests_in_flight_max: 4096,
             waiters_per_lock_max: 1024,
             shutdown_grace_ms: 5_000,
+            wal_segment_bytes: crate::wal::SEGMENT_BYTES_MIN,
+            snapshot_log_bytes: 1 << 20,
+            unsafe_no_fsync: false,
         }
     }
 
@@ -114,9 +134,30 @@ impl Config {
             "--waiters-per-lock-max must be at least 1".into(),
         )?;
         check(
+            self.wal_segment_bytes >= crate::wal::SEGMENT_BYTES_MIN,
+            format!(
+                "--wal-segment-bytes {} is below {}",
+                self.wal_segment_bytes,
+                crate::wal::SEGMENT_BYTES_MIN
+            ),
+        )?;
+        check(
+            self.snapshot_log_bytes >= 1,
+            "--snapshot-log-bytes must be at least 1".into(),
+        )?;
+        check(
             !self.data_dir.as_os_str().is_empty(),
             "--data-dir must not be empty".into(),
         )
+    }
+
+    /// The log settings every shard uses.
+    pub fn wal_options(&self) -> crate::wal::WalOptions {
+        crate::wal::WalOptions {
+            segment_bytes: self.wal_segment_bytes,
+            sync: !self.unsafe_no_fsync,
+            snapshot_log_bytes: self.snapshot_log_bytes,
+        }
     }
 }
 

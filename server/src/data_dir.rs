@@ -8,6 +8,9 @@
 //! Files:
 //! - `LOCK`: held with an exclusive advisory lock (`flock`) for the life of the server; a
 //!   second server on the same directory exits with a message naming the directory.
+//! - `shards`: the shard count, fixed when the directory is first used: keys are placed on
+//!   shards by hash, so another count would look for locks in the wrong logs.
+//! - `shard-<n>/`: each shard's write-ahead log (see `wal`).
 //! - `epoch`: one line, the highest epoch ever handed out, in decimal. Written atomically:
 //!   `epoch.tmp` is written and fsynced, renamed over `epoch`, then the directory is fsynced.
 //!   A crash at any point leaves either the old or the new value, never a torn one.
@@ -35,6 +38,12 @@ pub enum DataDirError {
     Write { path: PathBuf, source: io::Error },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
+    #[error("{path} was created with {stored} shards; --shards {requested} cannot open it (keys are placed by hash, so the shard count of a data directory never changes; leave --shards at 0 to use the stored count)")]
+    ShardCountMismatch {
+        path: PathBuf,
+        stored: usize,
+        requested: usize,
+    },
 }
 
 /// An open data directory. Dropping it releases the directory lock.
@@ -89,8 +98,55 @@ impl DataDir {
         &self.path
     }
 
+    /// The shard count of this directory: the stored one, or `requested` (0: `default`)
+    /// stored now for a new directory. A different explicit request is an error.
+    pub fn shard_count(&self, requested: usize, default: usize) -> Result<usize, DataDirError> {
+        let path = self.path.join("shards");
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let stored =
+                    text.trim()
+                        .parse::<usize>()
+                        .map_err(|_| DataDirError::CorruptEpoch {
+                            path: path.clone(),
+                            found: text.chars().take(40).collect(),
+                        })?;
+                if requested != 0 && requested != stored {
+                    return Err(DataDirError::ShardCountMismatch {
+                        path: self.path.clone(),
+                        stored,
+                        requested,
+                    });
+                }
+                Ok(stored)
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let count = if requested == 0 { default } else { requested };
+                self.write_atomically("shards", format!("{count}\n").as_bytes())?;
+                Ok(count)
+            }
+            Err(source) => Err(DataDirError::Read { path, source }),
+        }
+    }
+
+    /// The directory of shard `shard`'s log.
+    pub fn shard_path(&self, shard: usize) -> PathBuf {
+        self.path.join(format!("shard-{shard}"))
+    }
+
+    /// Raises the stored epoch to at least `minimum`, and by one past what it was,
+    /// durably, and returns the new value. Recovery passes one more than the epoch of the
+    /// largest token in the logs, so tokens keep growing even if `epoch` was lost.
+    pub fn next_epoch_at_least(&self, minimum: u64) -> Result<u64, DataDirError> {
+        self.raise_epoch(minimum)
+    }
+
     /// Raises the stored epoch by one, durably, and returns the new value.
     pub fn next_epoch(&self) -> Result<u64, DataDirError> {
+        self.raise_epoch(0)
+    }
+
+    fn raise_epoch(&self, minimum: u64) -> Result<u64, DataDirError> {
         let _serialised = self
             .epoch_update
             .lock()
@@ -107,10 +163,10 @@ impl DataDir {
             Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
             Err(source) => return Err(DataDirError::Read { path, source }),
         };
-        if current >= EPOCH_MAX {
+        let next = (current + 1).max(minimum);
+        if next > EPOCH_MAX {
             return Err(DataDirError::EpochsExhausted { path });
         }
-        let next = current + 1;
         self.write_atomically("epoch", format!("{next}\n").as_bytes())?;
         Ok(next)
     }
@@ -150,6 +206,33 @@ mod tests {
         let second = DataDir::open(dir.path()).unwrap_err();
         assert!(matches!(second, DataDirError::InUse { .. }), "{second}");
         assert!(second.to_string().contains("in use by another kahu-server"));
+    }
+
+    #[test]
+    fn the_shard_count_is_fixed_at_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(dir.path()).unwrap();
+        assert_eq!(data_dir.shard_count(0, 4).unwrap(), 4);
+        assert_eq!(
+            data_dir.shard_count(0, 8).unwrap(),
+            4,
+            "auto uses the stored count"
+        );
+        assert_eq!(data_dir.shard_count(4, 8).unwrap(), 4);
+        let error = data_dir.shard_count(2, 8).unwrap_err();
+        assert!(
+            error.to_string().contains("created with 4 shards"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_epoch_can_be_raised_past_what_the_logs_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(dir.path()).unwrap();
+        assert_eq!(data_dir.next_epoch().unwrap(), 1);
+        assert_eq!(data_dir.next_epoch_at_least(9).unwrap(), 9);
+        assert_eq!(data_dir.next_epoch_at_least(3).unwrap(), 10);
     }
 
     #[test]

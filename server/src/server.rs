@@ -19,7 +19,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::net;
-use crate::shard::ShardSet;
+use crate::shard::{ShardSet, ShardSettings, StartError};
+use crate::wal::storage::{FileStorage, Storage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -32,8 +33,8 @@ pub enum ServerError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start shard workers: {0}")]
-    Workers(std::io::Error),
+    #[error(transparent)]
+    Shards(#[from] StartError),
 }
 
 /// Connection counts, shared by the acceptor and INFO.
@@ -93,12 +94,33 @@ pub struct Shared {
 pub struct Server;
 
 impl Server {
-    /// Validates `config`, takes the data directory, starts the shard workers and begins
-    /// accepting connections on the current tokio runtime.
+    /// Validates `config`, takes the data directory, recovers every shard from its log,
+    /// starts the shard workers and begins accepting connections on the current tokio
+    /// runtime.
     pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+        Server::start_with_storage(config, None).await
+    }
+
+    /// [`Server::start`] with the log's file operations replaced (tests inject disk errors).
+    pub async fn start_with_storage(
+        config: Config,
+        storage: Option<Arc<dyn Storage>>,
+    ) -> Result<RunningServer, ServerError> {
         config.validate()?;
         let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
-        let epoch = data_dir.next_epoch()?;
+        let settings = ShardSettings {
+            count: data_dir.shard_count(config.shards, config.shard_count())?,
+            waiters_per_lock_max: config.waiters_per_lock_max,
+            wal: config.wal_options(),
+            storage: storage.unwrap_or_else(|| Arc::new(FileStorage)),
+        };
+        if config.unsafe_no_fsync {
+            tracing::warn!(
+                "--unsafe-no-fsync: the write-ahead log is NOT synced; persistent locks acknowledged \
+                 before a power cut or kernel crash can be lost"
+            );
+        }
+        let (shards, workers, epoch) = ShardSet::start(data_dir.clone(), &settings)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -112,13 +134,6 @@ impl Server {
                 address: config.listen,
                 source,
             })?;
-        let (shards, workers) = ShardSet::start(
-            config.shard_count(),
-            epoch,
-            data_dir.clone(),
-            config.waiters_per_lock_max,
-        )
-        .map_err(ServerError::Workers)?;
         let (shutdown_sender, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             shards,

@@ -132,7 +132,14 @@ fn fencing_tokens_keep_growing_across_restarts() {
     let mut last = 0;
     for run in 0..3 {
         let server = start(data_dir.path());
-        let replies = server.text(&["LOCK deploy 60000", "UNLOCK deploy", "LOCK deploy 60000"]);
+        // Persistent and ephemeral grants share the per-lock order; each run lets go at the
+        // end (a persistent lock would otherwise still be held after the restart).
+        let replies = server.text(&[
+            "LOCK deploy 60000",
+            "UNLOCK deploy",
+            "LOCK deploy 60000 EPHEMERAL",
+            "UNLOCK deploy",
+        ]);
         let first = token(&replies[0]);
         let second = token(&replies[2]);
         assert!(

@@ -3,7 +3,7 @@
 
 use kahu_protocol::frame::{HEADER_BYTES, MAGIC, VERSION};
 use kahu_protocol::limits::FRAME_BYTES_MAX;
-use kahu_protocol::{Durability, ErrorClass, ErrorCode, Hello, Request, Response};
+use kahu_protocol::{ErrorCode, Hello, Request, Response};
 use kahu_tests::{get, lock, token, unlock, RawClient, TestServer};
 
 fn error_code(response: &Response) -> ErrorCode {
@@ -249,7 +249,7 @@ async fn garbage_from_one_client_does_not_disturb_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hello_negotiates_and_persistent_is_refused_until_the_log_exists() {
+async fn hello_negotiates_the_version_and_announces_the_limits() {
     let server = TestServer::start().await;
     let mut client = RawClient::connect(server.addr()).await;
     let hello = |min, max| {
@@ -272,18 +272,6 @@ async fn hello_negotiates_and_persistent_is_refused_until_the_log_exists() {
         ErrorCode::UnsupportedVersion
     );
 
-    let mut persistent = lock("k", "o", 1000, 0);
-    if let Request::Lock(lock) = &mut persistent {
-        lock.durability = Durability::Persistent;
-    }
-    let response = client.call(3, &persistent).await;
-    assert_eq!(error_code(&response), ErrorCode::Unsupported);
-    assert!(matches!(&response, Response::Error(e) if e.class == ErrorClass::Client));
-    // Never silently granted as ephemeral.
-    assert!(matches!(
-        client.call(4, &get("k")).await,
-        Response::NotHeld(_)
-    ));
     server.stop().await;
 }
 

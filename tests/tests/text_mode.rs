@@ -32,7 +32,7 @@ async fn a_debug_session_locks_inspects_and_unlocks() {
     assert!(held.starts_with("HELD "), "{held}");
     assert_eq!(field(&held, "owner"), owner);
     assert_eq!(field(&held, "token"), token.to_string());
-    assert_eq!(field(&held, "durability"), "ephemeral");
+    assert_eq!(field(&held, "durability"), "persistent");
 
     // Another session sees it held by the first.
     let mut other = TextClient::connect(server.addr()).await;
@@ -76,7 +76,7 @@ async fn bad_lines_get_an_error_and_the_session_goes_on() {
         ("LOCK k 0", "ERR TTL_OUT_OF_RANGE"),
         ("LOCK k 999999999999999", "ERR TTL_OUT_OF_RANGE"),
         ("LOCK k 1000 WAIT 99999999999", "ERR WAIT_OUT_OF_RANGE"),
-        ("LOCK k 1000 persistent", "ERR UNSUPPORTED"),
+        ("UNLOCK k TOKEN 0", "ERR MALFORMED"),
     ];
     for (line, expected) in cases {
         let reply = session.command(line).await;

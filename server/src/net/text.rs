@@ -7,7 +7,9 @@
 //! and its waiter dropped. Telnet option negotiation (IAC sequences), CR and NUL bytes are
 //! removed from each line. A line longer than `text_line_bytes_max` is answered with
 //! `ERR LINE_TOO_LONG` and skipped up to its end; a line that is not UTF-8 with
-//! `ERR MALFORMED`. The default owner is `text-<connection id>`, one per session.
+//! `ERR MALFORMED`. The default owner is `text-<epoch>-<connection id>`, one per session
+//! and never the same across restarts (persistent locks outlive a restart; a session after
+//! it must not re-enter a lock a session before it took).
 
 use std::time::Duration;
 
@@ -66,7 +68,7 @@ pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64
     let mut session = Session {
         shared,
         connection_id,
-        owner: Bytes::from(format!("text-{connection_id}")),
+        owner: Bytes::from(format!("text-{}-{connection_id}", shared.epoch)),
         reader,
         writer,
         input: BytesMut::with_capacity(1024),
@@ -148,7 +150,7 @@ impl Session<'_> {
             self.writer.write_all(error_line(&error).as_bytes()).await?;
             return Ok(true);
         };
-        let request = match parse_line(&text, &self.owner, Durability::Ephemeral) {
+        let request = match parse_line(&text, &self.owner, Durability::Persistent) {
             Ok(TextCommand::Request(request)) => request,
             Ok(TextCommand::Empty) => return Ok(true),
             Ok(TextCommand::Quit) => return Ok(false),

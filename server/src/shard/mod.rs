@@ -14,12 +14,15 @@ mod worker;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use kahu_protocol::{Request, Response};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::data_dir::DataDir;
+use crate::wal::storage::Storage;
+use crate::wal::{Wal, WalError, WalOptions};
 use table::{ReplyTarget, TableStats};
 use tokens::TokenSource;
 
@@ -70,7 +73,7 @@ pub struct ShardStats {
 }
 
 /// INFO field names of the per-shard counters, in [`ShardStats`] order.
-pub const STAT_NAMES: [&str; 11] = [
+pub const STAT_NAMES: [&str; 14] = [
     "keys",
     "locks_held",
     "waiters",
@@ -82,10 +85,22 @@ pub const STAT_NAMES: [&str; 11] = [
     "busy_total",
     "wait_timeouts_total",
     "shard_requests_total",
+    "wal_commits_total",
+    "wal_errors_total",
+    "snapshots_total",
 ];
 
+/// What a worker counts itself, beside its table's counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct WorkerCounters {
+    pub requests_total: u64,
+    pub wal_commits_total: u64,
+    pub wal_errors_total: u64,
+    pub snapshots_total: u64,
+}
+
 impl ShardStats {
-    fn publish(&self, keys: usize, table: &TableStats, requests_total: u64) {
+    fn publish(&self, keys: usize, table: &TableStats, counters: &WorkerCounters) {
         let values = [
             keys as u64,
             table.locks_held,
@@ -97,7 +112,10 @@ impl ShardStats {
             table.extends_total,
             table.busy_total,
             table.wait_timeouts_total,
-            requests_total,
+            counters.requests_total,
+            counters.wal_commits_total,
+            counters.wal_errors_total,
+            counters.snapshots_total,
         ];
         for (slot, value) in self.values.iter().zip(values) {
             slot.store(value, Ordering::Relaxed);
@@ -124,33 +142,74 @@ pub fn shard_of(hash: u64, shard_count: usize) -> usize {
 }
 
 impl ShardSet {
-    /// Starts `count` worker threads, all granting tokens in `epoch`.
+    /// Recovers every shard from its log (in parallel), raises the token epoch above every
+    /// token the logs hold, and starts one worker thread per shard. Returns the epoch.
     pub fn start(
-        count: usize,
-        epoch: u64,
         data_dir: Arc<DataDir>,
-        waiters_per_lock_max: usize,
-    ) -> std::io::Result<(ShardSet, Vec<JoinHandle<()>>)> {
-        let mut senders = Vec::with_capacity(count);
-        let mut stats = Vec::with_capacity(count);
-        let mut handles = Vec::with_capacity(count);
-        for id in 0..count {
+        settings: &ShardSettings,
+    ) -> Result<(ShardSet, Vec<JoinHandle<()>>, u64), StartError> {
+        let started = Instant::now();
+        let recovered = std::thread::scope(|scope| {
+            let recoveries: Vec<_> = (0..settings.count)
+                .map(|shard| {
+                    let data_dir = &data_dir;
+                    std::thread::Builder::new()
+                        .name(format!("kahu-recover-{shard}"))
+                        .spawn_scoped(scope, move || {
+                            recover_shard(shard, data_dir, settings, started)
+                        })
+                        .map_err(StartError::Thread)
+                })
+                .collect();
+            recoveries
+                .into_iter()
+                .map(|handle| handle?.join().expect("recovery does not panic"))
+                .collect::<Result<Vec<_>, StartError>>()
+        })?;
+        let token_max = recovered
+            .iter()
+            .map(|shard| shard.token_max)
+            .max()
+            .unwrap_or(0);
+        let epoch = data_dir.next_epoch_at_least((token_max >> tokens::COUNTER_BITS) + 1)?;
+        tracing::info!(
+            shards = settings.count,
+            persistent_locks = recovered
+                .iter()
+                .map(|shard| shard.table.stats().locks_held)
+                .sum::<u64>(),
+            entries = recovered
+                .iter()
+                .map(|shard| shard.wal.durable_index())
+                .sum::<u64>(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            epoch,
+            "recovered the write-ahead logs"
+        );
+
+        let mut senders = Vec::with_capacity(settings.count);
+        let mut stats = Vec::with_capacity(settings.count);
+        let mut handles = Vec::with_capacity(settings.count);
+        for (id, mut shard) in recovered.into_iter().enumerate() {
+            shard.table.set_tokens(TokenSource::new(epoch));
             let (sender, receiver) = crossbeam_channel::unbounded();
             let shard_stats = Arc::new(ShardStats::default());
             let worker = worker::ShardWorker::new(
                 receiver,
-                table::LockTable::new(TokenSource::new(epoch), waiters_per_lock_max),
+                shard.table,
+                shard.wal,
                 shard_stats.clone(),
                 data_dir.clone(),
             );
             let handle = std::thread::Builder::new()
                 .name(format!("kahu-shard-{id}"))
-                .spawn(move || run_or_abort(id, worker))?;
+                .spawn(move || run_or_abort(id, worker))
+                .map_err(StartError::Thread)?;
             senders.push(sender);
             stats.push(shard_stats);
             handles.push(handle);
         }
-        Ok((ShardSet { senders, stats }, handles))
+        Ok((ShardSet { senders, stats }, handles, epoch))
     }
 
     pub fn len(&self) -> usize {
@@ -207,6 +266,56 @@ impl ShardSet {
             })
             .collect()
     }
+}
+
+/// How to start the shards.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    pub count: usize,
+    pub waiters_per_lock_max: usize,
+    pub wal: WalOptions,
+    pub storage: Arc<dyn Storage>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("shard {shard}: {source}")]
+    Wal { shard: usize, source: WalError },
+    #[error(transparent)]
+    DataDir(#[from] crate::data_dir::DataDirError),
+    #[error("cannot start a shard thread: {0}")]
+    Thread(std::io::Error),
+}
+
+struct RecoveredShard {
+    table: table::LockTable<ReplyTo>,
+    wal: Wal,
+    token_max: u64,
+}
+
+/// Opens one shard's log and rebuilds its persistent locks, leases counted from `now`.
+fn recover_shard(
+    shard: usize,
+    data_dir: &DataDir,
+    settings: &ShardSettings,
+    now: Instant,
+) -> Result<RecoveredShard, StartError> {
+    // The tokens of this table are replaced once the new epoch is known.
+    let mut table = table::LockTable::new(TokenSource::new(1), settings.waiters_per_lock_max);
+    let mut restorer = table::Restorer::new(&mut table, now);
+    let wal = Wal::open(
+        &data_dir.shard_path(shard),
+        settings.storage.clone(),
+        settings.wal,
+        &mut restorer,
+    )
+    .map_err(|source| StartError::Wal { shard, source })?;
+    let token_max = restorer.token_max;
+    Ok(RecoveredShard {
+        table,
+        wal,
+        token_max,
+    })
 }
 
 /// Runs a worker; a panic in it is a bug that has lost that shard's lock state, so the

@@ -192,6 +192,11 @@ impl<R: ReplyTarget> LockTable<R> {
         &mut self.tokens
     }
 
+    /// Replaces the token source (at start, once recovery has fixed the new epoch).
+    pub fn set_tokens(&mut self, tokens: TokenSource) {
+        self.tokens = tokens;
+    }
+
     /// Keys with a holder or waiters.
     pub fn len(&self) -> usize {
         self.index.len()

@@ -1,33 +1,43 @@
-//! The shard worker: one thread that owns one lock table.
+//! The shard worker: one thread that owns one lock table and its write-ahead log.
 //!
 //! Each turn of its loop: wait for a message or the next timer, drain everything queued
-//! (up to [`BATCH_MAX`]), fire due timers, apply the batch, then send every reply of the
-//! turn. Draining first and replying once per turn is what lets the write-ahead log later
-//! append and flush once per batch (group commit) before the replies go out.
+//! (up to [`BATCH_MAX`]), fire due timers, apply the batch, send the replies that depend on
+//! nothing unflushed (ephemeral locks never wait for the disk), then append the turn's
+//! decisions about persistent locks to the log with one write and one `fdatasync` (group
+//! commit), and only then send the replies that depend on them.
+//!
+//! If the log cannot be written (disk full, I/O error), the replies that waited for it get
+//! STORAGE_FAILED (the request may or may not take effect: its records are kept and
+//! retried), and until a retry succeeds every request to this shard gets
+//! STORAGE_UNAVAILABLE, so nobody can observe a decision that is not durable.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use kahu_protocol::{ErrorCode, ProtocolError, Request};
+use kahu_protocol::{ErrorCode, ProtocolError, Request, Response};
 
 use super::table::{LockTable, Output};
-use super::{ReplyTo, ShardMessage, ShardStats};
+use super::{ReplyTo, ShardMessage, ShardStats, WorkerCounters};
 use crate::data_dir::DataDir;
+use crate::wal::snapshot::Snapshot;
+use crate::wal::Wal;
 
 /// Messages taken from the queue in one turn at most.
 pub const BATCH_MAX: usize = 1024;
 /// Timers fired in one turn at most, so a burst of expiries cannot starve requests.
 pub const TIMERS_PER_TURN_MAX: usize = 4096;
-/// How long a shard that cannot store a new token epoch waits before trying again.
-const EPOCH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a shard that cannot write its log or store a token epoch waits before trying
+/// again.
+const FAILURE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 pub(super) struct ShardWorker {
     receiver: Receiver<ShardMessage>,
     table: LockTable<ReplyTo>,
+    wal: Wal,
     stats: Arc<ShardStats>,
     data_dir: Arc<DataDir>,
-    requests_total: u64,
+    counters: WorkerCounters,
     stopping: bool,
 }
 
@@ -35,15 +45,17 @@ impl ShardWorker {
     pub(super) fn new(
         receiver: Receiver<ShardMessage>,
         table: LockTable<ReplyTo>,
+        wal: Wal,
         stats: Arc<ShardStats>,
         data_dir: Arc<DataDir>,
     ) -> ShardWorker {
         ShardWorker {
             receiver,
             table,
+            wal,
             stats,
             data_dir,
-            requests_total: 0,
+            counters: WorkerCounters::default(),
             stopping: false,
         }
     }
@@ -51,7 +63,7 @@ impl ShardWorker {
     /// Runs until every sender is gone (the server dropped its shard set).
     pub(super) fn run(mut self) {
         let mut batch = Vec::with_capacity(BATCH_MAX);
-        let mut replies: Output<ReplyTo> = Output::default();
+        let mut output: Output<ReplyTo> = Output::default();
         loop {
             let first = match self.table.next_deadline() {
                 Some(deadline) => self.receiver.recv_deadline(deadline),
@@ -71,18 +83,22 @@ impl ShardWorker {
                     Err(_) => break,
                 }
             }
-            self.turn(&mut batch, &mut replies);
+            self.turn(&mut batch, &mut output);
         }
         let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
-        self.table.fail_all_waiters(&error, &mut replies);
-        send_all(&mut replies);
+        self.table.fail_all_waiters(&error, &mut output);
+        self.persist_and_reply(&mut output, Instant::now());
     }
 
-    fn turn(&mut self, batch: &mut Vec<ShardMessage>, replies: &mut Output<ReplyTo>) {
+    fn turn(&mut self, batch: &mut Vec<ShardMessage>, output: &mut Output<ReplyTo>) {
         let now = Instant::now();
+        if let Err(error) = self.retry_log() {
+            self.refuse(batch, output, &error);
+            return;
+        }
         let tokens = self.ensure_tokens();
         if tokens.is_ok() {
-            self.table.fire_timers(now, TIMERS_PER_TURN_MAX, replies);
+            self.table.fire_timers(now, TIMERS_PER_TURN_MAX, output);
         }
         for message in batch.drain(..) {
             match message {
@@ -91,31 +107,30 @@ impl ShardWorker {
                     request,
                     reply,
                 } => {
-                    self.requests_total += 1;
+                    self.counters.requests_total += 1;
                     match &tokens {
-                        Ok(()) => self.apply(now, hash, &request, reply, replies),
-                        Err(error) => replies.replies.push((reply, error.clone().into())),
+                        Ok(()) => self.apply(now, hash, &request, reply, output),
+                        Err(error) => output.replies.push((reply, error.clone().into())),
                     }
                 }
-                ShardMessage::ConnectionClosed(connection_id) => {
-                    self.table.cancel_connection(connection_id, now, replies);
-                }
-                ShardMessage::Shutdown => self.stopping = true,
+                message => self.control(message, now, output),
             }
         }
-        if self.stopping {
-            let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
-            self.table.fail_all_waiters(&error, replies);
-        }
-        // Publish before replying, so a client that reads a reply and then asks INFO
-        // sees counters that include it.
-        self.stats
-            .publish(self.table.len(), &self.table.stats(), self.requests_total);
-        send_all(replies);
-        self.table.end_turn();
+        self.persist_and_reply(output, now);
         if tokens.is_err() {
             // Timers stay due while no token can be granted: pause instead of spinning.
-            std::thread::sleep(EPOCH_RETRY_PAUSE);
+            std::thread::sleep(FAILURE_RETRY_PAUSE);
+        }
+    }
+
+    /// Connection closes and shutdown, which need no token and no log.
+    fn control(&mut self, message: ShardMessage, now: Instant, output: &mut Output<ReplyTo>) {
+        match message {
+            ShardMessage::ConnectionClosed(connection_id) => {
+                self.table.cancel_connection(connection_id, now, output);
+            }
+            ShardMessage::Shutdown => self.stopping = true,
+            ShardMessage::Request { .. } => unreachable!("requests are applied, not controlled"),
         }
     }
 
@@ -125,20 +140,141 @@ impl ShardWorker {
         hash: u64,
         request: &Request,
         reply: ReplyTo,
-        replies: &mut Output<ReplyTo>,
+        output: &mut Output<ReplyTo>,
     ) {
         match request {
-            Request::Lock(lock) => self.table.lock(now, hash, lock, reply, replies),
-            Request::Unlock(unlock) => self.table.unlock(now, hash, unlock, reply, replies),
-            Request::Extend(extend) => self.table.extend(now, hash, extend, reply, replies),
-            Request::Get(get) => self.table.get(now, hash, &get.key, reply, replies),
+            Request::Lock(lock) => self.table.lock(now, hash, lock, reply, output),
+            Request::Unlock(unlock) => self.table.unlock(now, hash, unlock, reply, output),
+            Request::Extend(extend) => self.table.extend(now, hash, extend, reply, output),
+            Request::Get(get) => self.table.get(now, hash, &get.key, reply, output),
             Request::Hello(_) | Request::Ping | Request::Info => {
                 debug_assert!(false, "unkeyed request routed to a shard");
                 let error =
                     ProtocolError::new(ErrorCode::Internal, "request routed to a shard by mistake");
-                replies.replies.push((reply, error.into()));
+                output.replies.push((reply, error.into()));
             }
         }
+    }
+
+    /// Sends what depends on nothing unflushed, makes the turn's decisions durable with one
+    /// commit, then sends what depended on them. Ends the turn.
+    fn persist_and_reply(&mut self, output: &mut Output<ReplyTo>, now: Instant) {
+        if self.stopping {
+            let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
+            self.table.fail_all_waiters(&error, output);
+        }
+        // Publish before replying, so a client that reads a reply and then asks INFO
+        // sees counters that include it.
+        self.publish();
+        send(&mut output.replies);
+        if !output.log.is_empty() {
+            let term = self.table.tokens().epoch();
+            for command in output.log.drain(..) {
+                self.wal.append(term, command);
+            }
+            match self.wal.commit() {
+                Ok(()) => {
+                    self.counters.wal_commits_total += 1;
+                    send(&mut output.durable_replies);
+                    self.snapshot_if_due(now);
+                }
+                Err(error) => {
+                    self.counters.wal_errors_total += 1;
+                    tracing::error!(%error, "cannot write the write-ahead log; refusing requests until it can");
+                    let failed = ProtocolError::new(
+                        ErrorCode::StorageFailed,
+                        format!(
+                            "the write-ahead log could not be written ({error}); the request was not \
+                             acknowledged and may or may not take effect"
+                        ),
+                    );
+                    for (reply, _) in output.durable_replies.drain(..) {
+                        reply.send(failed.clone().into());
+                    }
+                }
+            }
+            self.publish();
+        }
+        debug_assert!(
+            output.durable_replies.is_empty(),
+            "durable replies without a log"
+        );
+        send(&mut output.durable_replies);
+        self.table.end_turn();
+    }
+
+    /// After a failed commit, writes the kept records again; an error means the log is
+    /// still not writable.
+    fn retry_log(&mut self) -> Result<(), ProtocolError> {
+        if !self.wal.has_pending() {
+            return Ok(());
+        }
+        match self.wal.commit() {
+            Ok(()) => {
+                self.counters.wal_commits_total += 1;
+                tracing::info!("the write-ahead log is writable again");
+                Ok(())
+            }
+            Err(error) => {
+                self.counters.wal_errors_total += 1;
+                Err(ProtocolError::new(
+                    ErrorCode::StorageUnavailable,
+                    format!(
+                        "this shard cannot write its write-ahead log ({error}); try again later"
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// While the log cannot be written: every request is refused (nothing may observe a
+    /// decision that is not durable); closes and shutdown still take effect.
+    fn refuse(
+        &mut self,
+        batch: &mut Vec<ShardMessage>,
+        output: &mut Output<ReplyTo>,
+        error: &ProtocolError,
+    ) {
+        let now = Instant::now();
+        for message in batch.drain(..) {
+            match message {
+                ShardMessage::Request { reply, .. } => {
+                    self.counters.requests_total += 1;
+                    output.replies.push((reply, error.clone().into()));
+                }
+                message => self.control(message, now, output),
+            }
+        }
+        if self.stopping {
+            let stopping = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
+            self.table.fail_all_waiters(&stopping, output);
+        }
+        self.publish();
+        send(&mut output.replies);
+        std::thread::sleep(FAILURE_RETRY_PAUSE);
+    }
+
+    /// Writes a snapshot of the persistent locks once enough was logged since the last.
+    fn snapshot_if_due(&mut self, now: Instant) {
+        if !self.wal.wants_snapshot() {
+            return;
+        }
+        let snapshot = Snapshot {
+            last_index: self.wal.durable_index(),
+            last_term: self.wal.last_term(),
+            locks: self.table.persistent_locks(now),
+        };
+        match self.wal.compact(&snapshot) {
+            Ok(()) => self.counters.snapshots_total += 1,
+            Err(error) => {
+                tracing::warn!(%error, "cannot write a snapshot; the log keeps growing until one succeeds")
+            }
+        }
+    }
+
+    fn publish(&self) {
+        self.stats
+            .publish(self.table.len(), &self.table.stats(), &self.counters);
     }
 
     /// Moves to a fresh epoch before the grant counter can run out.
@@ -166,14 +302,8 @@ impl ShardWorker {
     }
 }
 
-fn send_all(output: &mut Output<ReplyTo>) {
-    debug_assert!(output.log.is_empty(), "persistent decisions without a log");
-    output.log.clear();
-    for (reply, response) in output
-        .replies
-        .drain(..)
-        .chain(output.durable_replies.drain(..))
-    {
+fn send(replies: &mut Vec<(ReplyTo, Response)>) {
+    for (reply, response) in replies.drain(..) {
         reply.send(response);
     }
 }

@@ -311,6 +311,9 @@ mod tests {
             for cut in 1..bytes.len() {
                 let mut torn = bytes[..cut].to_vec();
                 torn.resize(bytes.len() + 8, 0); // the rest was never written: zeros
+                if torn[..bytes.len()] == bytes[..] {
+                    continue; // the record ended in zeros anyway: nothing was torn
+                }
                 let result = Record::decode(&torn);
                 prop_assert!(result.is_err(), "cut at {cut} decoded as {result:?}");
             }

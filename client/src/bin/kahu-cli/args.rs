@@ -124,8 +124,9 @@ pub struct Args {
     )]
     pub owner: Option<String>,
 
-    /// Where --lock keeps the lock (persistent needs a server with a write-ahead log)
-    #[arg(long, value_enum, default_value_t = DurabilityArg::Ephemeral)]
+    /// Where --lock keeps the lock: persistent survives a server crash (synced to its log
+    /// before the reply); ephemeral is faster and lives in the server's memory only
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Persistent)]
     pub durability: DurabilityArg,
 
     /// Output: one readable line, or one JSON object
