@@ -165,14 +165,14 @@ impl TextClient {
     }
 }
 
-/// An ephemeral LOCK request.
+/// A LOCK request with the default durability (persistent).
 pub fn lock(key: &str, owner: &str, ttl_ms: u64, wait_ms: u64) -> Request {
     Request::Lock(Lock {
         key: Bytes::copy_from_slice(key.as_bytes()),
         owner: Bytes::copy_from_slice(owner.as_bytes()),
         ttl_ms,
         wait_ms,
-        durability: Durability::Ephemeral,
+        durability: Durability::default(),
         if_not_held: false,
     })
 }

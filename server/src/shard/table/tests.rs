@@ -35,6 +35,10 @@ struct Harness {
     now: Instant,
     next_request: u32,
     connections: HashMap<u64, Rc<Cell<bool>>>,
+    /// Durability of the LOCKs the helpers send.
+    durability: Durability,
+    /// Every decision the table logged, as the worker would append it.
+    log: Vec<crate::wal::record::Command>,
 }
 
 fn hash(key: &str) -> u64 {
@@ -54,7 +58,16 @@ impl Harness {
             now,
             next_request: 0,
             connections: HashMap::new(),
+            durability: Durability::Ephemeral,
+            log: Vec::new(),
         }
+    }
+
+    /// Ends a step as the worker ends a turn: keeps the log, returns every reply.
+    fn finish(&mut self, mut out: Output<TestReply>) -> Vec<(u32, Response)> {
+        self.log.append(&mut out.log);
+        self.table.end_turn();
+        ids(out)
     }
 
     fn reply(&mut self, connection: u64) -> TestReply {
@@ -72,8 +85,7 @@ impl Harness {
         self.now += Duration::from_millis(milliseconds);
         let mut out = Output::default();
         while self.table.fire_timers(self.now, 3, &mut out) {}
-        self.table.end_turn();
-        ids(out)
+        self.finish(out)
     }
 
     fn lock(
@@ -101,14 +113,14 @@ impl Harness {
             owner: Bytes::copy_from_slice(owner.as_bytes()),
             ttl_ms,
             wait_ms,
-            durability: Durability::Ephemeral,
+            durability: self.durability,
             if_not_held,
         };
         let reply = self.reply(connection);
         let mut out = Output::default();
         self.table
             .lock(self.now, hash(key), &request, reply, &mut out);
-        ids(out)
+        self.finish(out)
     }
 
     fn unlock(&mut self, key: &str, owner: &str) -> Response {
@@ -141,7 +153,7 @@ impl Harness {
         let mut out = Output::default();
         self.table
             .unlock(self.now, hash(key), &request, reply, &mut out);
-        ids(out)
+        self.finish(out)
     }
 
     fn extend(&mut self, key: &str, owner: &str, ttl_ms: u64) -> Response {
@@ -176,8 +188,8 @@ impl Harness {
         self.single(out)
     }
 
-    fn single(&self, out: Output<TestReply>) -> Response {
-        let mut replies = ids(out);
+    fn single(&mut self, out: Output<TestReply>) -> Response {
+        let mut replies = self.finish(out);
         assert_eq!(replies.len(), 1, "expected one reply: {replies:?}");
         replies.remove(0).1
     }
@@ -187,7 +199,7 @@ impl Harness {
         self.connections.entry(connection).or_default().set(true);
         let mut out = Output::default();
         self.table.cancel_connection(connection, self.now, &mut out);
-        ids(out)
+        self.finish(out)
     }
 
     /// Moves the clock without firing timers, as when the worker is busy.
@@ -707,6 +719,79 @@ proptest! {
                     (Response::NotHeld(_), None) => {}
                     (info, model) => prop_assert!(false, "k{}: table {:?}, model {:?}", key, info, model),
                 }
+            }
+        }
+    }
+}
+
+/// The holder of `key` in `table`: owner, token, durability, lease left.
+fn holder_of(
+    table: &LockTable<TestReply>,
+    key: &str,
+    now: Instant,
+) -> Option<(Bytes, u64, Durability, Duration)> {
+    let index = table.find(hash(key), key.as_bytes())?;
+    let holder = table.slots[index as usize].holder.as_ref()?;
+    (holder.expires_at > now).then(|| {
+        (
+            holder.owner.clone(),
+            holder.token,
+            holder.durability,
+            holder.expires_at - now,
+        )
+    })
+}
+
+proptest! {
+    /// What a restart rebuilds from a snapshot taken at some step plus the log written
+    /// after it: every persistent lock the live table holds, with the same owner and token
+    /// and at least the lease it has left; and never a grant that was released.
+    #[test]
+    fn snapshot_plus_log_replay_rebuilds_the_persistent_locks(
+        steps in proptest::collection::vec((step_strategy(), any::<bool>()), 1..120),
+        snapshot_at in any::<prop::sample::Index>(),
+    ) {
+        let mut h = Harness::new();
+        let snapshot_step = snapshot_at.index(steps.len());
+        let mut snapshot = None;
+        let mut released = std::collections::HashSet::new();
+        for (number, (step, persistent)) in steps.into_iter().enumerate() {
+            if number == snapshot_step {
+                let locks = h.table.persistent_locks(h.now);
+                snapshot = Some((crate::wal::snapshot::Snapshot { last_index: 0, last_term: 1, locks }, h.log.len()));
+            }
+            h.durability = if persistent { Durability::Persistent } else { Durability::Ephemeral };
+            let replies = match step {
+                Step::Lock { key, owner, ttl, wait } => h.lock(u64::from(owner), &format!("k{key}"), &format!("o{owner}"), u64::from(ttl), u64::from(wait)),
+                Step::Unlock { key, owner } => h.unlock_all(&format!("k{key}"), &format!("o{owner}")),
+                Step::Extend { key, owner, ttl } => vec![(0, h.extend(&format!("k{key}"), &format!("o{owner}"), u64::from(ttl)))],
+                Step::Advance { ms } => h.advance(u64::from(ms)),
+                Step::Disconnect { owner } => h.disconnect(u64::from(owner)),
+            };
+            for (_, response) in replies {
+                if let Response::Released(r) = response {
+                    released.insert(r.token);
+                }
+            }
+        }
+        let (snapshot, from) = snapshot.expect("taken");
+        let mut rebuilt: LockTable<TestReply> = LockTable::new(TokenSource::new(1), 16);
+        let mut restorer = Restorer::new(&mut rebuilt, h.now);
+        restorer.restore(&snapshot);
+        for (index, command) in h.log[from..].iter().enumerate() {
+            restorer.apply(&Entry { index: index as u64 + 1, term: 1, command: command.clone() });
+        }
+        for key in 0..3u8 {
+            let key = format!("k{key}");
+            let live = holder_of(&h.table, &key, h.now);
+            let replayed = holder_of(&rebuilt, &key, h.now);
+            if let Some((owner, token, Durability::Persistent, left)) = &live {
+                let (replayed_owner, replayed_token, _, replayed_left) = replayed.clone().expect("a held persistent lock is rebuilt");
+                prop_assert_eq!((&replayed_owner, replayed_token), (owner, *token), "{}", key);
+                prop_assert!(replayed_left >= *left, "{}: lease shortened", key);
+            }
+            if let Some((_, token, _, _)) = replayed {
+                prop_assert!(!released.contains(&token), "{}: a released grant came back", key);
             }
         }
     }

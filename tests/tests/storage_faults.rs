@@ -1,0 +1,118 @@
+//! A full disk or a failing disk under a real server: requests get a clear storage error,
+//! nothing that is not durable is acknowledged or visible, and service resumes once the
+//! disk does.
+
+use std::sync::Arc;
+
+use kahu_protocol::{ErrorClass, ErrorCode, Request, Response};
+use kahu_server::wal::storage::{FaultPoint, FaultyStorage, DISK_FULL, IO_ERROR};
+use kahu_server::{Config, Server};
+use kahu_tests::{get, lock, token, unlock, RawClient};
+
+fn error_code(response: &Response) -> (ErrorCode, ErrorClass) {
+    match response {
+        Response::Error(error) => (error.code.expect("a known code"), error.class),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+}
+
+async fn faulty_server(storage: &FaultyStorage) -> (kahu_server::RunningServer, tempfile::TempDir) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(data_dir.path());
+    config.shards = 1; // every key on one shard, so one failure covers them all
+    let server = Server::start_with_storage(config, Some(Arc::new(storage.clone())))
+        .await
+        .expect("start");
+    (server, data_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_refuses_requests_and_acknowledges_nothing_it_did_not_sync() {
+    for (point, os_error) in [
+        (FaultPoint::Sync, IO_ERROR),
+        (FaultPoint::Write, IO_ERROR),
+        (FaultPoint::Write, DISK_FULL),
+    ] {
+        let storage = FaultyStorage::default();
+        let (server, _dir) = faulty_server(&storage).await;
+        let mut client = RawClient::connect(server.local_addr()).await;
+        let held = token(&client.call(1, &lock("before", "o", 60_000, 0)).await);
+
+        // The disk starts failing: the grant is not acknowledged.
+        storage.fail(point, 0, os_error);
+        let failed = client.call(2, &lock("during", "o", 60_000, 0)).await;
+        assert_eq!(
+            error_code(&failed),
+            (ErrorCode::StorageFailed, ErrorClass::Server),
+            "{point:?}"
+        );
+        // While it fails, the shard refuses everything: nobody sees the undurable grant.
+        for (id, request) in [
+            (3, get("during")),
+            (4, get("before")),
+            (5, unlock("before", "o")),
+        ] {
+            let refused = client.call(id, &request).await;
+            assert_eq!(
+                error_code(&refused),
+                (ErrorCode::StorageUnavailable, ErrorClass::Retryable)
+            );
+        }
+        assert_eq!(
+            client.call(6, &Request::Ping).await,
+            Response::Pong,
+            "the server itself is fine"
+        );
+
+        // The disk recovers: the kept decision is written, and service resumes.
+        storage.heal();
+        let mut resumed = None;
+        for attempt in 0..200 {
+            match client.call(100 + attempt, &get("during")).await {
+                Response::Error(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                response => {
+                    resumed = Some(response);
+                    break;
+                }
+            }
+        }
+        // The server said "may or may not take effect"; here it did, durably, and a retry
+        // by the same owner is an idempotent success.
+        assert!(
+            matches!(resumed, Some(Response::LockInfo(ref info)) if info.owner == "o"),
+            "{resumed:?}"
+        );
+        let retried = client.call(300, &lock("during", "o", 60_000, 0)).await;
+        assert!(
+            matches!(retried, Response::Acquired(a) if a.reentered),
+            "{retried:?}"
+        );
+        match client.call(301, &get("before")).await {
+            Response::LockInfo(info) => assert_eq!(info.token, held),
+            other => panic!("{other:?}"),
+        }
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_locks_never_wait_for_the_disk() {
+    let storage = FaultyStorage::default();
+    let (server, _dir) = faulty_server(&storage).await;
+    let mut client = RawClient::connect(server.local_addr()).await;
+    let mut ephemeral = lock("fast", "o", 60_000, 0);
+    if let Request::Lock(lock) = &mut ephemeral {
+        lock.durability = kahu_protocol::Durability::Ephemeral;
+    }
+    // No log record, no commit: a failing sync is never touched.
+    storage.fail(FaultPoint::Sync, 0, IO_ERROR);
+    storage.fail(FaultPoint::Write, 0, IO_ERROR);
+    token(&client.call(1, &ephemeral).await);
+    assert!(matches!(
+        client.call(2, &unlock("fast", "o")).await,
+        Response::Released(_)
+    ));
+    server.shutdown().await;
+}
