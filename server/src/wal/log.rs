@@ -95,7 +95,7 @@ impl Wal {
                 file: None,
             })
             .collect();
-        Ok(Wal {
+        let mut wal = Wal {
             dir: dir.to_path_buf(),
             storage,
             options,
@@ -110,7 +110,9 @@ impl Wal {
             spare_ready: recovered.spare_ready,
             spare: None,
             hard_state: recovered.hard_state,
-        })
+        };
+        wal.prepare_spare();
+        Ok(wal)
     }
 
     /// The index the next entry will get.
@@ -302,13 +304,13 @@ impl Wal {
             })
     }
 
-    /// Once the tail is half full, zero-fills the next segment in the background so that
-    /// rolling over costs a rename, not a 64 MiB write on the request path.
+    /// When there is no segment yet, or the tail is half full, zero-fills the next segment
+    /// in the background, so that starting a segment costs a rename, not a 64 MiB write on
+    /// the request path.
     fn prepare_spare(&mut self) {
-        if self.spare_ready
-            || self.spare.is_some()
-            || self.tail_end < self.options.segment_bytes / 2
-        {
+        let tail_half_full = self.tail_end >= self.options.segment_bytes / 2;
+        let needed = self.segments.is_empty() || tail_half_full;
+        if self.spare_ready || self.spare.is_some() || !needed {
             return;
         }
         let storage = self.storage.clone();

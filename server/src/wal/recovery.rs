@@ -9,7 +9,7 @@
 //! 4. corrupt record in an earlier segment, or a missing segment: refused
 //!    (`damage_before_the_last_segment_is_refused`, `a_missing_segment_is_refused`);
 //! 5. a damaged snapshot: refused (`a_damaged_snapshot_is_refused`);
-//! 6. temporary files: removed (`temporary_files_are_removed`); a complete preallocated
+//! 6. temporary files: removed (`temporary_files_are_removed_and_a_spare_is_prepared`); a complete preallocated
 //!    spare segment is kept for the next roll.
 
 use std::path::{Path, PathBuf};

@@ -268,7 +268,7 @@ fn a_damaged_snapshot_is_refused() {
 }
 
 #[test]
-fn temporary_files_are_removed() {
+fn temporary_files_are_removed_and_a_spare_is_prepared() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("snapshot-00000000000000000009.snap.tmp"),
@@ -276,12 +276,15 @@ fn temporary_files_are_removed() {
     )
     .unwrap();
     std::fs::write(dir.path().join("spare.log.tmp"), b"half").unwrap();
-    let (_wal, _) = open(dir.path());
+    drop(open(dir.path())); // dropping the log waits for its background spare
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(left, vec!["spare.log".to_string()]);
+    let spare = std::fs::read(dir.path().join("spare.log")).unwrap();
+    assert_eq!(spare.len() as u64, SEGMENT_BYTES_MIN);
+    assert!(spare.iter().all(|&byte| byte == 0));
 }
 
 #[test]
