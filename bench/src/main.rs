@@ -1,9 +1,16 @@
-//! kahu-bench: closed-loop latency of acquire + release against a running server.
+//! kahu-bench: latency and throughput of a kahu server.
 //!
-//! Each connection owns distinct keys and loops LOCK then UNLOCK, one request in flight,
-//! timing every request into its own HdrHistogram; the histograms are merged at the end.
-//! This is the first workload; open-loop rates, pipelining, contention, the echo floor and
-//! the Redis comparison come with the benchmark issue.
+//! Workloads:
+//! - `acquire-release`: each connection owns a distinct key and loops LOCK then UNLOCK,
+//!   one request in flight, timing every request into its own HdrHistogram; the histograms
+//!   are merged at the end;
+//! - `recovery`: the time a restarted server takes to serve a log of many live persistent
+//!   locks (see `recovery.rs`).
+//!
+//! Open-loop rates, pipelining, contention, the echo floor and the Redis comparison come
+//! with the benchmark issue.
+
+mod recovery;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,6 +20,18 @@ use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use kahu_protocol::{ClientCodec, Durability, Lock, Request, Response, Unlock};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Workload {
+    AcquireRelease,
+    Recovery,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DurabilityArg {
+    Persistent,
+    Ephemeral,
+}
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -23,6 +42,21 @@ use tokio_util::codec::Framed;
     about = "Closed-loop acquire/release latency against a kahu server"
 )]
 struct Options {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Workload::AcquireRelease)]
+    workload: Workload,
+    /// Durability of the locks taken.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Persistent)]
+    durability: DurabilityArg,
+    /// recovery: live persistent locks in the log.
+    #[arg(long, default_value_t = 1_000_000)]
+    locks: u64,
+    /// recovery: the kahu-server binary (default: beside kahu-bench).
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
     /// Server address.
     #[arg(short = 'c', long, env = "KAHU_ADDR", default_value = "127.0.0.1:8002")]
     connection_source: SocketAddr,
@@ -49,6 +83,14 @@ struct WorkerResult {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = Options::parse();
+    if let Workload::Recovery = options.workload {
+        let server = recovery::server_binary(options.server_bin.clone());
+        return recovery::run(options.locks, &server, options.json);
+    }
+    let durability = match options.durability {
+        DurabilityArg::Persistent => Durability::Persistent,
+        DurabilityArg::Ephemeral => Durability::Ephemeral,
+    };
     let warmup_end = Instant::now() + Duration::from_secs_f64(options.warmup);
     let end = warmup_end + Duration::from_secs_f64(options.duration);
     let mut workers = Vec::new();
@@ -59,6 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             stream,
             worker,
             options.ttl_ms,
+            durability,
             warmup_end,
             end,
         )));
@@ -92,6 +135,7 @@ async fn run_worker(
     stream: TcpStream,
     worker: usize,
     ttl_ms: u64,
+    durability: Durability,
     warmup_end: Instant,
     end: Instant,
 ) -> Result<WorkerResult, std::io::Error> {
@@ -104,7 +148,7 @@ async fn run_worker(
         owner: owner.clone(),
         ttl_ms,
         wait_ms: 0,
-        durability: Durability::Ephemeral,
+        durability,
         if_not_held: false,
     });
     let unlock = Request::Unlock(Unlock {

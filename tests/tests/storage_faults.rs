@@ -116,3 +116,56 @@ async fn ephemeral_locks_never_wait_for_the_disk() {
     ));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_stays_bounded_under_steady_churn() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(data_dir.path());
+    config.shards = 1;
+    config.wal_segment_bytes = kahu_server::wal::SEGMENT_BYTES_MIN;
+    config.snapshot_log_bytes = 64 * 1024;
+    let server = Server::start(config).await.expect("start");
+    let mut client = RawClient::connect(server.local_addr()).await;
+    // 20,000 grants and releases (about 2.5 MiB of log, ten segments' worth), pipelined
+    // 500 at a time so they share commits.
+    let mut id = 0u32;
+    for round in 0..20 {
+        for step in [0, 1] {
+            for key in 0..500 {
+                let key = format!("churn-{round}-{key}");
+                let request = if step == 0 {
+                    lock(&key, "o", 60_000, 0)
+                } else {
+                    unlock(&key, "o")
+                };
+                client.feed(id, &request).await;
+                id += 1;
+            }
+            client.flush().await;
+            for _ in 0..500 {
+                let (_, response) = client.receive().await.expect("a reply");
+                assert!(
+                    matches!(response, Response::Acquired(_) | Response::Released(_)),
+                    "{response:?}"
+                );
+            }
+        }
+    }
+    let Response::Info(info) = client.call(id, &Request::Info).await else {
+        panic!("INFO")
+    };
+    assert!(info.get("snapshots_total").unwrap() >= 10, "{info:?}");
+    let segments = std::fs::read_dir(data_dir.path().join("shard-0"))
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("wal-")
+        })
+        .count();
+    assert!(segments <= 2, "{segments} segments left after compaction");
+    server.shutdown().await;
+}
