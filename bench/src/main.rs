@@ -116,15 +116,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let ops = histogram.len();
+    let ops_per_sec = ops as f64 / options.duration;
+    let quantiles = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
+    let durability_name = match options.durability {
+        DurabilityArg::Persistent => "persistent",
+        DurabilityArg::Ephemeral => "ephemeral",
+    };
+    if options.json {
+        let mut fields = format!(
+            "\"workload\":\"acquire-release\",\"mode\":\"closed\",\"durability\":\"{durability_name}\",\"connections\":{},\"ops\":{ops},\"errors\":{errors},\"ops_per_sec\":{ops_per_sec:.0}",
+            options.connections
+        );
+        for (name, quantile) in quantiles {
+            fields.push_str(&format!(
+                ",\"{name}_us\":{}",
+                histogram.value_at_quantile(quantile)
+            ));
+        }
+        println!("{{{fields},\"max_us\":{}}}", histogram.max());
+        return Ok(());
+    }
     println!(
-        "workload=acquire-release connections={} duration_s={} ttl_ms={}",
+        "workload=acquire-release durability={durability_name} connections={} duration_s={} ttl_ms={}",
         options.connections, options.duration, options.ttl_ms
     );
-    println!(
-        "ops={ops} errors={errors} ops_per_sec={:.0}",
-        ops as f64 / options.duration
-    );
-    for (name, quantile) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+    println!("ops={ops} errors={errors} ops_per_sec={ops_per_sec:.0}");
+    for (name, quantile) in quantiles {
         println!("{name}_us={}", histogram.value_at_quantile(quantile));
     }
     println!("max_us={}", histogram.max());
