@@ -169,3 +169,64 @@ async fn the_log_stays_bounded_under_steady_churn() {
     assert!(segments <= 2, "{segments} segments left after compaction");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_failure_in_the_middle_of_a_pipelined_burst() {
+    let storage = FaultyStorage::default();
+    let (server, _dir) = faulty_server(&storage).await;
+    let mut client = RawClient::connect(server.local_addr()).await;
+    let count = 2_000u32;
+    // A few commits succeed, then every sync fails: commits are in flight and staged.
+    storage.fail(FaultPoint::Sync, 1, IO_ERROR);
+    for id in 0..count {
+        client
+            .feed(id, &lock(&format!("burst-{id}"), "o", 60_000, 0))
+            .await;
+    }
+    client.flush().await;
+    let mut acquired = Vec::new();
+    let mut answered = vec![false; count as usize];
+    for _ in 0..count {
+        let (id, response) = client.receive().await.expect("an answer to every request");
+        assert!(
+            !std::mem::replace(&mut answered[id as usize], true),
+            "two answers to {id}"
+        );
+        match response {
+            Response::Acquired(_) => acquired.push(id),
+            Response::Error(error) => assert!(
+                matches!(
+                    error.code,
+                    Some(ErrorCode::StorageFailed | ErrorCode::StorageUnavailable)
+                ),
+                "{error:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        !acquired.is_empty() && acquired.len() < count as usize,
+        "{} acquired",
+        acquired.len()
+    );
+    storage.heal();
+    // Every acknowledged grant is there once the shard serves again.
+    let mut id = count;
+    for key in acquired {
+        loop {
+            id += 1;
+            match client.call(id, &get(&format!("burst-{key}"))).await {
+                Response::LockInfo(info) => {
+                    assert_eq!(info.owner, "o");
+                    break;
+                }
+                Response::Error(error) if error.code == Some(ErrorCode::StorageUnavailable) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => panic!("burst-{key}: {other:?}"),
+            }
+            assert!(id < count + 100_000, "the shard never recovered");
+        }
+    }
+    server.shutdown().await;
+}

@@ -54,8 +54,9 @@ pub trait ReplyTarget {
 pub struct Output<R> {
     /// Replies that depend on nothing unflushed: send them now.
     pub replies: Vec<(R, Response)>,
-    /// Replies about locks with decisions in `log`: send them once the log is durable.
-    pub durable_replies: Vec<(R, Response)>,
+    /// Replies about locks with decisions not yet durable, each with the commit sequence
+    /// it waits for: send them once that commit is durable.
+    pub durable_replies: Vec<(u64, R, Response)>,
     /// Decisions about persistent locks, to append to the write-ahead log in this order.
     pub log: Vec<Command>,
 }
@@ -115,8 +116,9 @@ struct Slot<R> {
     holder: Option<Holder>,
     last_token: u64,
     waiters: VecDeque<Waiter<R>>,
-    /// A decision about this lock waits in the log: replies about it wait for the flush.
-    dirty: bool,
+    /// The commit sequence of the last decision logged about this lock; while it is not
+    /// durable, replies about the lock wait for it and the slot is not freed.
+    logged_in: u64,
 }
 
 #[derive(Debug)]
@@ -131,8 +133,12 @@ pub struct LockTable<R> {
     next_waiter_id: u64,
     waiters_per_lock_max: usize,
     stats: TableStats,
-    /// Slots marked dirty in this turn.
-    dirty_slots: Vec<u32>,
+    /// The commit sequence decisions logged now will be made durable by.
+    commit_seq: u64,
+    /// The last commit sequence known durable.
+    durable_seq: u64,
+    /// (slot, commit sequence) of every logged decision not yet known durable, in order.
+    dirty_slots: VecDeque<(u32, u64)>,
 }
 
 impl<R: ReplyTarget> LockTable<R> {
@@ -148,7 +154,9 @@ impl<R: ReplyTarget> LockTable<R> {
             next_waiter_id: 1,
             waiters_per_lock_max,
             stats: TableStats::default(),
-            dirty_slots: Vec::new(),
+            commit_seq: 1,
+            durable_seq: 0,
+            dirty_slots: VecDeque::new(),
         }
     }
 
@@ -176,11 +184,33 @@ impl<R: ReplyTarget> LockTable<R> {
             .collect()
     }
 
-    /// Ends a turn: the worker has made this turn's log durable (or failed the replies
-    /// that waited for it).
-    pub fn end_turn(&mut self) {
-        for index in self.dirty_slots.drain(..) {
-            self.slots[index as usize].dirty = false;
+    /// Decisions logged from now on are made durable by commit `seq` (sequences grow).
+    pub fn begin_commit(&mut self, seq: u64) {
+        assert!(
+            seq > self.durable_seq && seq >= self.commit_seq,
+            "commit sequences grow"
+        );
+        self.commit_seq = seq;
+    }
+
+    /// The commit sequence decisions logged now belong to.
+    pub fn commit_seq(&self) -> u64 {
+        self.commit_seq
+    }
+
+    /// Commit `seq` (and every earlier one) is durable: replies about its locks may go,
+    /// and locks it left free with nobody waiting are forgotten.
+    pub fn commit_durable(&mut self, seq: u64) {
+        assert!(seq >= self.durable_seq, "durability moves forward");
+        self.durable_seq = seq;
+        while let Some(&(index, logged_in)) = self.dirty_slots.front() {
+            if logged_in > seq {
+                break;
+            }
+            self.dirty_slots.pop_front();
+            if self.slots[index as usize].logged_in <= seq {
+                self.remove_if_unused(index);
+            }
         }
     }
 
@@ -390,8 +420,7 @@ impl<R: ReplyTarget> LockTable<R> {
             for waiter in leaving {
                 self.timers.remove(waiter_timer(&waiter, index));
                 self.stats.waiters -= 1;
-                out.replies
-                    .push((waiter.reply, Response::Busy(busy.clone())));
+                self.respond(out, index, waiter.reply, Response::Busy(busy.clone()));
             }
         }
     }
@@ -442,7 +471,7 @@ impl<R: ReplyTarget> LockTable<R> {
                     holder: None,
                     last_token: 0,
                     waiters: VecDeque::new(),
-                    dirty: false,
+                    logged_in: 0,
                 });
                 index
             }
@@ -453,10 +482,11 @@ impl<R: ReplyTarget> LockTable<R> {
         index
     }
 
-    /// Frees a slot that has neither holder nor waiters (and so no timers).
+    /// Frees a slot that has neither holder nor waiters (and so no timers), once no
+    /// decision about it waits to be durable (until then a read must find it, and wait).
     fn remove_if_unused(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
-        if slot.holder.is_some() || !slot.waiters.is_empty() {
+        if slot.holder.is_some() || !slot.waiters.is_empty() || slot.logged_in > self.durable_seq {
             return;
         }
         match self.index.find_entry(slot.hash, |&i| i == index) {
@@ -467,6 +497,7 @@ impl<R: ReplyTarget> LockTable<R> {
         }
         slot.key = Box::default();
         slot.last_token = 0;
+        slot.logged_in = 0;
         self.free_slots.push(index);
     }
 
@@ -579,24 +610,22 @@ impl<R: ReplyTarget> LockTable<R> {
         token
     }
 
-    /// Queues a reply about the lock in `index`: after the flush if a decision about it
-    /// waits in the log, else now.
+    /// Queues a reply about the lock in `index`: after the commit holding the last
+    /// decision about it, if that is not durable yet, else now.
     fn respond(&self, out: &mut Output<R>, index: u32, reply: R, response: Response) {
-        if self.slots[index as usize].dirty {
-            out.durable_replies.push((reply, response));
+        let logged_in = self.slots[index as usize].logged_in;
+        if logged_in > self.durable_seq {
+            out.durable_replies.push((logged_in, reply, response));
         } else {
             out.replies.push((reply, response));
         }
     }
 
-    /// Logs a decision about the lock in `index`; replies about it now wait for the flush.
+    /// Logs a decision about the lock in `index`; replies about it now wait for its commit.
     fn log(&mut self, index: u32, command: Command, out: &mut Output<R>) {
         out.log.push(command);
-        let slot = &mut self.slots[index as usize];
-        if !slot.dirty {
-            slot.dirty = true;
-            self.dirty_slots.push(index);
-        }
+        self.slots[index as usize].logged_in = self.commit_seq;
+        self.dirty_slots.push_back((index, self.commit_seq));
     }
 
     /// Logs a new lease of `ttl_ms` for a persistent holder of `index`.

@@ -6,6 +6,12 @@
 //! decisions about persistent locks to the log with one write and one `fdatasync` (group
 //! commit), and only then send the replies that depend on them.
 //!
+//! Each turn's decisions form one commit with a sequence number; the table holds back every
+//! reply about a lock whose last decision is in a commit not yet durable (reads included),
+//! and keeps a lock it freed until that commit is durable, so nothing undurable is seen.
+//! (Overlapping the sync of one turn with the next turn on a second thread was measured
+//! and is slower on 2 cores: the extra wake-ups cost more than the overlap saves.)
+//!
 //! If the log cannot be written (disk full, I/O error), the replies that waited for it get
 //! STORAGE_FAILED (the request may or may not take effect: its records are kept and
 //! retried), and until a retry succeeds every request to this shard gets
@@ -172,10 +178,14 @@ impl ShardWorker {
             for command in output.log.drain(..) {
                 self.wal.append(term, command);
             }
+            // This turn's decisions belong to `seq`; the next turn's to the next one.
+            let seq = self.table.commit_seq();
+            self.table.begin_commit(seq + 1);
             match self.wal.commit() {
                 Ok(()) => {
                     self.counters.wal_commits_total += 1;
-                    send(&mut output.durable_replies);
+                    self.table.commit_durable(seq);
+                    send_durable(&mut output.durable_replies);
                     self.snapshot_if_due(now);
                 }
                 Err(error) => {
@@ -188,19 +198,15 @@ impl ShardWorker {
                              acknowledged and may or may not take effect"
                         ),
                     );
-                    for (reply, _) in output.durable_replies.drain(..) {
+                    for (_, reply, _) in output.durable_replies.drain(..) {
                         reply.send(failed.clone().into());
                     }
                 }
             }
             self.publish();
         }
-        debug_assert!(
-            output.durable_replies.is_empty(),
-            "durable replies without a log"
-        );
-        send(&mut output.durable_replies);
-        self.table.end_turn();
+        // Replies about decisions of an earlier commit that is durable by now.
+        send_durable(&mut output.durable_replies);
     }
 
     /// After a failed commit, writes the kept records again; an error means the log is
@@ -212,6 +218,8 @@ impl ShardWorker {
         match self.wal.commit() {
             Ok(()) => {
                 self.counters.wal_commits_total += 1;
+                // Everything kept belonged to commits before the current one.
+                self.table.commit_durable(self.table.commit_seq() - 1);
                 tracing::info!("the write-ahead log is writable again");
                 Ok(())
             }
@@ -248,6 +256,10 @@ impl ShardWorker {
         if self.stopping {
             let stopping = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
             self.table.fail_all_waiters(&stopping, output);
+        }
+        // Replies about locks whose decisions are not durable cannot be sent as they are.
+        for (_, reply, _) in output.durable_replies.drain(..) {
+            output.replies.push((reply, error.clone().into()));
         }
         self.publish();
         send(&mut output.replies);
@@ -304,6 +316,13 @@ impl ShardWorker {
 
 fn send(replies: &mut Vec<(ReplyTo, Response)>) {
     for (reply, response) in replies.drain(..) {
+        reply.send(response);
+    }
+}
+
+/// Sends replies whose commits are durable (the caller made sure).
+fn send_durable(replies: &mut Vec<(u64, ReplyTo, Response)>) {
+    for (_, reply, response) in replies.drain(..) {
         reply.send(response);
     }
 }

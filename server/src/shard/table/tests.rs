@@ -66,7 +66,10 @@ impl Harness {
     /// Ends a step as the worker ends a turn: keeps the log, returns every reply.
     fn finish(&mut self, mut out: Output<TestReply>) -> Vec<(u32, Response)> {
         self.log.append(&mut out.log);
-        self.table.end_turn();
+        // As the worker does once the step's commit is durable.
+        let seq = self.table.commit_seq();
+        self.table.commit_durable(seq);
+        self.table.begin_commit(seq + 1);
         ids(out)
     }
 
@@ -216,7 +219,11 @@ impl Harness {
 fn ids(out: Output<TestReply>) -> Vec<(u32, Response)> {
     out.replies
         .into_iter()
-        .chain(out.durable_replies)
+        .chain(
+            out.durable_replies
+                .into_iter()
+                .map(|(_, reply, response)| (reply, response)),
+        )
         .map(|(reply, response)| (reply.request, response))
         .collect()
 }
@@ -795,4 +802,43 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_read_waits_for_the_commit_of_the_decision_it_would_see() {
+    let mut h = Harness::new();
+    h.durability = Durability::Persistent;
+    let token = token_of(&h.lock(1, "k", "alice", 1000, 0)); // committed
+                                                             // A release is logged but not yet durable; in the same turn a GET asks about the key.
+    let seq = h.table.commit_seq();
+    let mut out = Output::default();
+    let release = Unlock {
+        key: Bytes::from_static(b"k"),
+        owner: Bytes::from_static(b"alice"),
+        token: Some(token),
+    };
+    let reply = h.reply(0);
+    h.table.unlock(h.now, hash("k"), &release, reply, &mut out);
+    let reply = h.reply(0);
+    h.table.get(h.now, hash("k"), b"k", reply, &mut out);
+    assert!(
+        out.replies.is_empty(),
+        "nothing about k may be sent before the release is durable: {:?}",
+        out.replies
+    );
+    assert!(out
+        .durable_replies
+        .iter()
+        .all(|(waits_for, _, _)| *waits_for == seq));
+    assert!(matches!(
+        &out.durable_replies[..],
+        [(_, _, Response::Released(_)), (_, _, Response::NotHeld(_))]
+    ));
+    assert_eq!(
+        h.table.len(),
+        1,
+        "the freed lock is kept until its release is durable"
+    );
+    h.table.commit_durable(seq);
+    assert_eq!(h.table.len(), 0, "and forgotten after");
 }
