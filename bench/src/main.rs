@@ -1,68 +1,77 @@
-//! kahu-bench: latency and throughput of a kahu server.
+//! kahu-bench: an honest latency benchmark for kahu (and the floor under it).
 //!
-//! Workloads:
-//! - `acquire-release`: each connection owns a distinct key and loops LOCK then UNLOCK,
-//!   one request in flight, timing every request into its own HdrHistogram; the histograms
-//!   are merged at the end;
-//! - `recovery`: the time a restarted server takes to serve a log of many live persistent
-//!   locks (see `recovery.rs`).
+//! Workloads (`--workload`): `acquire-release` (each slot locks its own key, then unlocks
+//! it), `contended` (every slot waits for one key; hand-off latency, release sent -> next
+//! grant received, is its own histogram), `scheduler` (lock `job-queue-lock` with ttl and
+//! wait, work `--work-us`, release; jobs/s), `get`, and `recovery` (see `recovery.rs`).
 //!
-//! Open-loop rates, pipelining, contention, the echo floor and the Redis comparison come
-//! with the benchmark issue.
+//! Modes: closed loop with `--connections C` and `--pipeline P` (requests in flight per
+//! connection), or open loop with `--rate R` (requests/s over all connections, latency
+//! from each request's intended start; the achieved rate is reported beside the offered
+//! one). `--target echo` measures a minimal in-process server with the same frames and no
+//! lock work: the floor of this machine.
+//!
+//! Output: a percentile table (p50, p90, p99, p99.9, p99.99, max in µs), ops/s, errors by
+//! kind and the settings; `--json` prints one object; `--hgrm FILE` writes the full
+//! percentile distribution. Per-connection histograms are merged at the end.
 
+mod echo;
+mod load;
 mod recovery;
+mod report;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser;
-use futures::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
-use kahu_protocol::{ClientCodec, Durability, Lock, Request, Response, Unlock};
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Workload {
-    AcquireRelease,
-    Recovery,
-}
+use kahu_protocol::Durability;
+use load::{Plan, Workload};
+use tokio::net::TcpStream;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum DurabilityArg {
     Persistent,
     Ephemeral,
 }
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "kahu-bench",
     version,
-    about = "Closed-loop acquire/release latency against a kahu server"
+    about = "Latency and throughput of a kahu server"
 )]
 struct Options {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Workload::AcquireRelease)]
     workload: Workload,
+    /// `kahu` (the server at --connection-source) or `echo` (an in-process floor server).
+    #[arg(long, default_value = "kahu")]
+    target: String,
     /// Durability of the locks taken.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Persistent)]
     durability: DurabilityArg,
-    /// recovery: live persistent locks in the log.
-    #[arg(long, default_value_t = 1_000_000)]
-    locks: u64,
-    /// recovery: the kahu-server binary (default: beside kahu-bench).
-    #[arg(long)]
-    server_bin: Option<std::path::PathBuf>,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
     /// Server address.
     #[arg(short = 'c', long, env = "KAHU_ADDR", default_value = "127.0.0.1:8002")]
     connection_source: SocketAddr,
-    /// Concurrent connections, one request in flight each.
+    /// Concurrent connections.
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// Requests in flight per connection (each on its own key, but for contended and
+    /// scheduler, which share one).
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Open loop: requests per second over all connections (latency from intended start).
+    /// Pacing uses the runtime's timer, which has millisecond resolution: latencies include
+    /// up to about 1 ms of pacing delay, so use the open loop to see tails under load, and
+    /// the closed loop for sub-millisecond medians.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Distinct keys for acquire-release and get (default: one per slot).
+    #[arg(long, default_value_t = 0)]
+    keys: usize,
     /// Seconds to measure.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
@@ -72,135 +81,121 @@ struct Options {
     /// Lease of each lock, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     ttl_ms: u64,
-}
-
-#[derive(Debug, Default)]
-struct WorkerResult {
-    histogram: Option<Histogram<u64>>,
-    errors: u64,
+    /// contended and scheduler: how long a request waits in the server queue.
+    #[arg(long, default_value_t = 5_000)]
+    wait_ms: u64,
+    /// scheduler: microseconds of work while holding the lock (below 1 ms, done by keeping
+    /// the connection's task busy; above, by a timer).
+    #[arg(long, default_value_t = 100)]
+    work_us: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write the full latency distribution (HdrHistogram .hgrm text) to this file.
+    #[arg(long)]
+    hgrm: Option<std::path::PathBuf>,
+    /// recovery: live persistent locks in the log.
+    #[arg(long, default_value_t = 1_000_000)]
+    locks: u64,
+    /// recovery: the kahu-server binary (default: beside kahu-bench).
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = Options::parse();
-    if let Workload::Recovery = options.workload {
+    if options.workload == Workload::Recovery {
         let server = recovery::server_binary(options.server_bin.clone());
         return recovery::run(options.locks, &server, options.json);
     }
-    let durability = match options.durability {
-        DurabilityArg::Persistent => Durability::Persistent,
-        DurabilityArg::Ephemeral => Durability::Ephemeral,
+    if options.connections == 0 || options.pipeline == 0 {
+        return Err("--connections and --pipeline must be at least 1".into());
+    }
+    if options.rate.is_some()
+        && !matches!(options.workload, Workload::AcquireRelease | Workload::Get)
+    {
+        return Err("--rate (open loop) applies to acquire-release and get".into());
+    }
+    let address = match options.target.as_str() {
+        "kahu" => options.connection_source,
+        "echo" => echo::start()?,
+        other => return Err(format!("unknown --target {other:?}: use kahu or echo").into()),
     };
-    let warmup_end = Instant::now() + Duration::from_secs_f64(options.warmup);
-    let end = warmup_end + Duration::from_secs_f64(options.duration);
-    let mut workers = Vec::new();
-    for worker in 0..options.connections {
-        let stream = TcpStream::connect(options.connection_source).await?;
+    let (durability, durability_name) = match options.durability {
+        DurabilityArg::Persistent => (Durability::Persistent, "persistent"),
+        DurabilityArg::Ephemeral => (Durability::Ephemeral, "ephemeral"),
+    };
+    let start = Instant::now();
+    let warmup_end = start + Duration::from_secs_f64(options.warmup);
+    let plan = Arc::new(Plan {
+        workload: options.workload,
+        durability,
+        ttl_ms: options.ttl_ms,
+        wait_ms: options.wait_ms,
+        work: Duration::from_micros(options.work_us),
+        pipeline: options.pipeline,
+        keys: if options.keys == 0 {
+            options.connections * options.pipeline
+        } else {
+            options.keys
+        },
+        rate_per_connection: options.rate.map(|rate| rate / options.connections as f64),
+        warmup_end,
+        end: warmup_end + Duration::from_secs_f64(options.duration),
+        epoch: start,
+        last_release_ns: AtomicU64::new(0),
+        progress: AtomicU64::new(0),
+        count_progress: std::io::stderr().is_terminal() && !options.json,
+    });
+    let mut connections = Vec::with_capacity(options.connections);
+    for connection in 0..options.connections {
+        let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        workers.push(tokio::spawn(run_worker(
+        connections.push(tokio::spawn(load::run_connection(
             stream,
-            worker,
-            options.ttl_ms,
-            durability,
-            warmup_end,
-            end,
+            connection,
+            plan.clone(),
         )));
     }
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut errors = 0;
-    for worker in workers {
-        let result = worker.await??;
-        errors += result.errors;
-        if let Some(worker_histogram) = result.histogram {
-            histogram.add(worker_histogram)?;
-        }
+    if plan.count_progress {
+        tokio::spawn(progress(plan.clone()));
     }
-    let ops = histogram.len();
-    let ops_per_sec = ops as f64 / options.duration;
-    let quantiles = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
-    let durability_name = match options.durability {
-        DurabilityArg::Persistent => "persistent",
-        DurabilityArg::Ephemeral => "ephemeral",
+    let mut measured = report::Measured::new();
+    for connection in connections {
+        measured.merge(connection.await??);
+    }
+    if plan.count_progress {
+        eprint!("\r\x1b[2K");
+    }
+    if let Some(path) = &options.hgrm {
+        report::write_hgrm(path, &measured.latency)?;
+    }
+    let settings = report::Settings {
+        workload: options.workload.name(),
+        mode: if options.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        },
+        target: options.target.clone(),
+        durability: durability_name,
+        connections: options.connections,
+        pipeline: options.pipeline,
+        rate: options.rate,
+        duration: options.duration,
     };
-    if options.json {
-        let mut fields = format!(
-            "\"workload\":\"acquire-release\",\"mode\":\"closed\",\"durability\":\"{durability_name}\",\"connections\":{},\"ops\":{ops},\"errors\":{errors},\"ops_per_sec\":{ops_per_sec:.0}",
-            options.connections
-        );
-        for (name, quantile) in quantiles {
-            fields.push_str(&format!(
-                ",\"{name}_us\":{}",
-                histogram.value_at_quantile(quantile)
-            ));
-        }
-        println!("{{{fields},\"max_us\":{}}}", histogram.max());
-        return Ok(());
-    }
-    println!(
-        "workload=acquire-release durability={durability_name} connections={} duration_s={} ttl_ms={}",
-        options.connections, options.duration, options.ttl_ms
-    );
-    println!("ops={ops} errors={errors} ops_per_sec={ops_per_sec:.0}");
-    for (name, quantile) in quantiles {
-        println!("{name}_us={}", histogram.value_at_quantile(quantile));
-    }
-    println!("max_us={}", histogram.max());
+    report::print(&settings, &measured, options.json);
     Ok(())
 }
 
-async fn run_worker(
-    stream: TcpStream,
-    worker: usize,
-    ttl_ms: u64,
-    durability: Durability,
-    warmup_end: Instant,
-    end: Instant,
-) -> Result<WorkerResult, std::io::Error> {
-    let mut framed = Framed::new(stream, ClientCodec::default());
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-    let owner = Bytes::from(format!("bench-{worker}"));
-    let key = Bytes::from(format!("bench-key-{worker}"));
-    let lock = Request::Lock(Lock {
-        key: key.clone(),
-        owner: owner.clone(),
-        ttl_ms,
-        wait_ms: 0,
-        durability,
-        if_not_held: false,
-    });
-    let unlock = Request::Unlock(Unlock {
-        key,
-        owner,
-        token: None,
-    });
-    let mut errors = 0;
-    let mut request_id = 0u32;
-    loop {
-        for request in [&lock, &unlock] {
-            let started = Instant::now();
-            if started >= end {
-                return Ok(WorkerResult {
-                    histogram: Some(histogram),
-                    errors,
-                });
-            }
-            request_id = request_id.wrapping_add(1);
-            framed
-                .send((request_id, request))
-                .await
-                .map_err(|error| std::io::Error::other(error.to_string()))?;
-            let response = match framed.next().await {
-                Some(Ok((_, response))) => response,
-                Some(Err(error)) => return Err(std::io::Error::other(error.to_string())),
-                None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            };
-            if matches!(response, Response::Error(_) | Response::Busy(_)) {
-                errors += 1;
-            }
-            if started >= warmup_end {
-                let micros = started.elapsed().as_micros() as u64;
-                histogram.saturating_record(micros.max(1));
-            }
-        }
+/// A live progress line on a terminal, once a second.
+async fn progress(plan: Arc<Plan>) {
+    let mut last = 0;
+    while Instant::now() < plan.end {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = plan.progress.load(Ordering::Relaxed);
+        eprint!("\r\x1b[2K{} ops/s ({} so far)", now - last, now);
+        last = now;
     }
 }

@@ -1,34 +1,87 @@
-//! kahu-bench runs for a fraction of a second against a test server and prints one JSON
-//! object with the documented fields. (A smoke test only: speed belongs in benchmark runs.)
+//! kahu-bench runs each workload and mode for a fraction of a second against a test
+//! server and prints one JSON object with the documented fields. (A smoke test only:
+//! speed belongs in benchmark runs.)
 
 use std::process::Command;
 
+fn run(address: &str, arguments: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_kahu-bench"))
+        .args([
+            "--connection-source",
+            address,
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--json",
+        ])
+        .args(arguments)
+        .output()
+        .expect("run kahu-bench");
+    assert!(
+        output.status.success(),
+        "{arguments:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "{arguments:?}: not one JSON object ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_run_prints_parseable_json() {
+async fn every_workload_and_mode_prints_parseable_json() {
     let data_dir = tempfile::tempdir().unwrap();
     let server = kahu_server::Server::start(kahu_server::Config::for_tests(data_dir.path()))
         .await
         .expect("server");
     let address = server.local_addr().to_string();
-    for durability in ["persistent", "ephemeral"] {
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["--connections", "2"],
+        vec!["--durability", "ephemeral", "--pipeline", "8"],
+        vec!["--target", "echo", "--pipeline", "4"],
+        vec![
+            "--workload",
+            "contended",
+            "--connections",
+            "3",
+            "--durability",
+            "ephemeral",
+        ],
+        vec![
+            "--workload",
+            "scheduler",
+            "--connections",
+            "2",
+            "--work-us",
+            "50",
+        ],
+        vec!["--workload", "get", "--durability", "ephemeral"],
+        vec![
+            "--rate",
+            "500",
+            "--connections",
+            "2",
+            "--pipeline",
+            "4",
+            "--durability",
+            "ephemeral",
+        ],
+    ];
+    for arguments in runs {
         let address = address.clone();
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_kahu-bench"))
-                .args(["--connection-source", &address, "--connections", "2"])
-                .args(["--duration", "0.3", "--warmup", "0.1", "--json"])
-                .args(["--durability", durability])
-                .output()
-                .expect("run kahu-bench")
+        let owned: Vec<String> = arguments
+            .iter()
+            .map(|argument| argument.to_string())
+            .collect();
+        let report = tokio::task::spawn_blocking(move || {
+            let arguments: Vec<&str> = owned.iter().map(String::as_str).collect();
+            run(&address, &arguments)
         })
         .await
         .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: serde_json::Value =
-            serde_json::from_slice(&output.stdout).expect("one JSON object");
         for field in [
             "workload",
             "mode",
@@ -41,11 +94,26 @@ async fn a_short_run_prints_parseable_json() {
             "p999_us",
             "max_us",
         ] {
-            assert!(report.get(field).is_some(), "{field} missing in {report}");
+            assert!(
+                report.get(field).is_some(),
+                "{arguments:?}: {field} missing in {report}"
+            );
         }
-        assert_eq!(report["durability"], durability);
-        assert_eq!(report["errors"], 0);
-        assert!(report["ops"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report["errors"], 0, "{arguments:?}: {report}");
+        assert!(
+            report["ops"].as_u64().unwrap() > 0,
+            "{arguments:?}: {report}"
+        );
+        if arguments.contains(&"contended") {
+            assert!(report.get("handoff_p50_us").is_some(), "{report}");
+        }
+        if arguments.contains(&"scheduler") {
+            assert!(report["jobs_per_sec"].as_u64().unwrap() > 0, "{report}");
+        }
+        if arguments.contains(&"--rate") {
+            assert_eq!(report["mode"], "open");
+            assert!(report.get("achieved_per_sec").is_some(), "{report}");
+        }
     }
     server.shutdown().await;
 }
