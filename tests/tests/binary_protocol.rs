@@ -295,3 +295,46 @@ async fn info_counts_what_happened() {
     assert_eq!(info.get("shards"), Some(2));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_decisions_about_one_lock_in_one_batch() {
+    // LOCK, UNLOCK, LOCK, GET, UNLOCK of one persistent lock, pipelined so they share a
+    // shard turn and a commit, for many keys at once.
+    let server = TestServer::start().await;
+    let mut client = RawClient::connect(server.addr()).await;
+    let mut id = 0;
+    for key in 0..200 {
+        let key = format!("same-batch-{key}");
+        for request in [
+            lock(&key, "o", 60_000, 0),
+            unlock(&key, "o"),
+            lock(&key, "o", 60_000, 0),
+            get(&key),
+            unlock(&key, "o"),
+        ] {
+            client.feed(id, &request).await;
+            id += 1;
+        }
+    }
+    client.flush().await;
+    let mut answers = vec![None; id as usize];
+    for _ in 0..id {
+        let (answer_id, response) = client.receive().await.expect("every answer");
+        answers[answer_id as usize] = Some(response);
+    }
+    for (position, answer) in answers.iter().enumerate() {
+        let answer = answer.as_ref().expect("answered");
+        let expected = match position % 5 {
+            0 | 2 => matches!(answer, Response::Acquired(_)),
+            1 | 4 => matches!(answer, Response::Released(_)),
+            _ => matches!(answer, Response::LockInfo(_)),
+        };
+        assert!(expected, "request {position}: {answer:?}");
+    }
+    assert_eq!(
+        client.call(id, &Request::Ping).await,
+        Response::Pong,
+        "the server is still up"
+    );
+    server.stop().await;
+}

@@ -166,12 +166,20 @@ impl ShardSet {
                 .map(|handle| handle?.join().expect("recovery does not panic"))
                 .collect::<Result<Vec<_>, StartError>>()
         })?;
+        // Above every token the logs hold, and every term they were written in (tokens of
+        // locks released and compacted away are covered by their term).
         let token_max = recovered
             .iter()
             .map(|shard| shard.token_max)
             .max()
             .unwrap_or(0);
-        let epoch = data_dir.next_epoch_at_least((token_max >> tokens::COUNTER_BITS) + 1)?;
+        let term_max = recovered
+            .iter()
+            .map(|shard| shard.wal.last_term())
+            .max()
+            .unwrap_or(0);
+        let floor = ((token_max >> tokens::COUNTER_BITS) + 1).max(term_max + 1);
+        let epoch = data_dir.next_epoch_at_least(floor)?;
         tracing::info!(
             shards = settings.count,
             persistent_locks = recovered

@@ -260,9 +260,26 @@ impl<R: ReplyTarget> LockTable<R> {
             }
             Some(holder) if holder.owner == request.owner && !request.if_not_held => {
                 let token = holder.token;
+                // Asking for a persistent lock you hold as ephemeral makes it persistent
+                // (logged as a grant with the same token); the other way keeps it persistent.
+                let upgrade = request.durability == Durability::Persistent
+                    && holder.durability == Durability::Ephemeral;
+                if upgrade {
+                    holder.durability = Durability::Persistent;
+                }
                 self.stats.reentries_total += 1;
                 self.set_lease_end(index, now + ms(request.ttl_ms));
-                self.log_extend(index, request.ttl_ms, out);
+                if upgrade {
+                    let command = Command::Grant {
+                        key: Bytes::copy_from_slice(&request.key),
+                        owner: Bytes::copy_from_slice(&request.owner),
+                        token,
+                        ttl_ms: request.ttl_ms,
+                    };
+                    self.log(index, command, out);
+                } else {
+                    self.log_extend(index, request.ttl_ms, out);
+                }
                 self.respond(out, index, reply, acquired(token, request.ttl_ms, true));
             }
             Some(holder) if request.wait_ms == 0 => {
@@ -486,7 +503,14 @@ impl<R: ReplyTarget> LockTable<R> {
     /// decision about it waits to be durable (until then a read must find it, and wait).
     fn remove_if_unused(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
-        if slot.holder.is_some() || !slot.waiters.is_empty() || slot.logged_in > self.durable_seq {
+        // A free slot has an empty key (keys never are): it may be named twice by
+        // `dirty_slots` when two decisions about one lock share a commit.
+        let free = slot.key.is_empty();
+        if free
+            || slot.holder.is_some()
+            || !slot.waiters.is_empty()
+            || slot.logged_in > self.durable_seq
+        {
             return;
         }
         match self.index.find_entry(slot.hash, |&i| i == index) {
@@ -517,6 +541,14 @@ impl<R: ReplyTarget> LockTable<R> {
                 .remove_if_present(lease_timer(expired.expires_at, index));
             self.stats.locks_held -= 1;
             self.stats.expiries_total += 1;
+            if expired.durability == Durability::Persistent {
+                // Logged like a release: otherwise a restart would bring this grant back
+                // over whatever came after it (an ephemeral grant with a larger token, say)
+                // and hold the lock for a whole lease.
+                let key = Bytes::copy_from_slice(&self.slots[index as usize].key);
+                let token = expired.token;
+                self.log(index, Command::Release { key, token }, out);
+            }
             self.hand_off(index, expired.expires_at, Some(&expired), out);
         }
         let slot = &self.slots[index as usize];

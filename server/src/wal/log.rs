@@ -39,6 +39,8 @@ pub const SEGMENT_BYTES_MIN: u64 = 4 * RECORD_BYTES_MAX as u64;
 struct Segment {
     first_index: u64,
     path: PathBuf,
+    /// On disk (zero-filled) yet: a segment is created by the commit that first writes it.
+    created: bool,
     /// Open while it has writes not yet synced (and always for the tail, once created).
     file: Option<Arc<dyn SegmentFile>>,
 }
@@ -61,7 +63,6 @@ pub struct Wal {
     segments: Vec<Segment>,
     /// Where the next record goes in the tail (pending bytes included).
     tail_end: u64,
-    tail_created: bool,
     next_index: u64,
     last_term: u64,
     durable_index: u64,
@@ -85,13 +86,13 @@ impl Wal {
             "segment_bytes below SEGMENT_BYTES_MIN"
         );
         let recovered = recover(dir, storage.as_ref(), replay)?;
-        let tail_created = !recovered.segments.is_empty();
         let segments = recovered
             .segments
             .into_iter()
             .map(|found| Segment {
                 first_index: found.first_index,
                 path: found.path,
+                created: true,
                 file: None,
             })
             .collect();
@@ -101,7 +102,6 @@ impl Wal {
             options,
             segments,
             tail_end: recovered.tail_end,
-            tail_created,
             next_index: recovered.next_index,
             last_term: recovered.last_term,
             durable_index: recovered.next_index - 1,
@@ -191,10 +191,10 @@ impl Wal {
         self.segments.push(Segment {
             first_index,
             path: self.dir.join(segment_name(first_index)),
+            created: false,
             file: None,
         });
         self.tail_end = 0;
-        self.tail_created = false;
     }
 
     /// Writes every appended entry with one write per segment touched, then syncs each
@@ -204,9 +204,17 @@ impl Wal {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let mut touched: Vec<(Arc<dyn SegmentFile>, PathBuf)> = Vec::with_capacity(1);
+        // Chunks are in log order. A segment is synced before the next one is created or
+        // written, so after a power cut an earlier segment is never left short behind a
+        // later one (which recovery would have to refuse as damage).
+        let mut unsynced: Option<(u64, Arc<dyn SegmentFile>, PathBuf)> = None;
         for position in 0..self.pending.len() {
             let first_index = self.pending[position].first_index;
+            if let Some((previous, file, path)) = &unsynced {
+                if *previous != first_index {
+                    self.sync(file, path)?;
+                }
+            }
             let (file, path) = self.segment_file(first_index)?;
             let chunk = &self.pending[position];
             file.write_at(chunk.offset, &chunk.bytes)
@@ -215,21 +223,10 @@ impl Wal {
                     path: path.clone(),
                     source,
                 })?;
-            if !touched
-                .iter()
-                .any(|(touched, _)| Arc::ptr_eq(touched, &file))
-            {
-                touched.push((file, path));
-            }
+            unsynced = Some((first_index, file, path));
         }
-        if self.options.sync {
-            for (file, path) in &touched {
-                file.sync_data().map_err(|source| WalError::Io {
-                    operation: "sync",
-                    path: path.clone(),
-                    source,
-                })?;
-            }
+        if let Some((_, file, path)) = &unsynced {
+            self.sync(file, path)?;
         }
         let written: u64 = self
             .pending
@@ -248,6 +245,17 @@ impl Wal {
         Ok(())
     }
 
+    fn sync(&self, file: &Arc<dyn SegmentFile>, path: &std::path::Path) -> Result<(), WalError> {
+        if !self.options.sync {
+            return Ok(());
+        }
+        file.sync_data().map_err(|source| WalError::Io {
+            operation: "sync",
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     /// The open file of the segment starting at `first_index`, creating it if needed.
     fn segment_file(
         &mut self,
@@ -258,10 +266,9 @@ impl Wal {
             .iter()
             .rposition(|segment| segment.first_index == first_index)
             .expect("pending bytes belong to a known segment");
-        let is_tail = position + 1 == self.segments.len();
-        if is_tail && !self.tail_created {
+        if !self.segments[position].created {
             self.create_segment_file(position)?;
-            self.tail_created = true;
+            self.segments[position].created = true;
         }
         let segment = &mut self.segments[position];
         if segment.file.is_none() {
@@ -331,13 +338,15 @@ impl Wal {
             "a snapshot of the durable state"
         );
         let path = self.dir.join(Snapshot::file_name(snapshot.last_index));
-        self.storage
-            .write_atomic(&path, &snapshot.encode())
-            .map_err(|source| WalError::Io {
+        if let Err(source) = self.storage.write_atomic(&path, &snapshot.encode()) {
+            // Try again after half the interval, not on every commit.
+            self.bytes_since_snapshot = self.options.snapshot_log_bytes / 2;
+            return Err(WalError::Io {
                 operation: "write snapshot",
-                path: path.clone(),
+                path,
                 source,
-            })?;
+            });
+        }
         self.bytes_since_snapshot = 0;
         // Older snapshots, then every segment whose entries all precede the snapshot.
         if let Ok(names) = self.storage.list(&self.dir) {

@@ -3,9 +3,11 @@
 //! The cases (module doc of `wal` has the why), each tested in `wal/tests.rs`:
 //! 1. no files: empty log, next index 1 (`an_empty_directory_is_an_empty_log`);
 //! 2. zero fill after the last record: end of the log (`reopen_replays_every_entry`);
-//! 3. torn, corrupt or out-of-sequence record in the last segment: end of the log; the
-//!    segment is cut there and the rest zeroed (`a_torn_tail_is_cut_at_every_point`,
-//!    `a_flipped_bit_in_the_last_segment_ends_the_log_there`);
+//! 3. torn, corrupt or out-of-sequence record in the last segment, or zero fill with bytes
+//!    after it: end of the log; the segment is cut there and the rest zeroed
+//!    (`a_torn_tail_is_cut_at_every_point`,
+//!    `a_flipped_bit_in_the_last_segment_ends_the_log_there_and_stale_bytes_are_zeroed`,
+//!    `records_after_a_zero_gap_are_never_replayed`);
 //! 4. corrupt record in an earlier segment, or a missing segment: refused
 //!    (`damage_before_the_last_segment_is_refused`, `a_missing_segment_is_refused`);
 //! 5. a damaged snapshot: refused (`a_damaged_snapshot_is_refused`);
@@ -158,17 +160,21 @@ pub(super) fn recover(
             .read(&segment.path)
             .map_err(io_error("read", &segment.path))?;
         let mut offset = 0usize;
+        let mut applied = 0u64;
         let end_reason = loop {
             match Record::decode(&contents[offset..]) {
                 Ok((Record::Entry(entry), size)) if entry.index == expected => {
                     replay.apply(&entry);
                     expected += 1;
+                    applied += 1;
                     last_term = entry.term;
                     bytes_since_snapshot += size as u64;
                     offset += size;
                 }
-                Ok((Record::Entry(entry), size)) if entry.index < expected => {
-                    // Covered by the snapshot.
+                Ok((Record::Entry(entry), size))
+                    if position == 0 && applied == 0 && entry.index <= snapshot_index =>
+                {
+                    // Covered by the snapshot (only at the start of the first segment).
                     offset += size;
                 }
                 Ok((Record::Entry(_), _)) => break Some(DecodeError::Malformed),
@@ -181,8 +187,12 @@ pub(super) fn recover(
             }
         };
         match (end_reason, last) {
-            (None, _) => {}
-            (Some(_), true) => cut_tail(storage, &segment.path, offset as u64, &contents)?,
+            // The end of the log is where the first record fails to read, zero fill
+            // included: whatever follows (a later page of a batch whose first page never
+            // reached the disk) was never acknowledged and must never be read back later,
+            // behind new records. So the last segment is always cut there.
+            (_, true) => cut_tail(storage, &segment.path, offset as u64, &contents)?,
+            (None, false) => {}
             (Some(error), false) => {
                 return Err(WalError::Corruption {
                     path: segment.path.clone(),

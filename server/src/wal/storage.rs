@@ -142,11 +142,19 @@ impl Storage for FileStorage {
 
     fn write_atomic(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
         let temporary = temporary(path);
-        let mut file = File::create(&temporary)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)?;
-        sync_parent(path)
+        let write = || -> io::Result<()> {
+            let mut file = File::create(&temporary)?;
+            file.write_all(contents)?;
+            file.sync_all()?;
+            fs::rename(&temporary, path)?;
+            sync_parent(path)
+        };
+        let result = write();
+        if result.is_err() {
+            // A failed attempt leaves nothing behind (no pile of half-written snapshots).
+            let _ = fs::remove_file(&temporary);
+        }
+        result
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -352,3 +352,56 @@ fn a_crash_after_a_failed_write_keeps_only_what_was_synced() {
         "{recovered:?}"
     );
 }
+
+#[test]
+fn records_after_a_zero_gap_are_never_replayed() {
+    // A power cut kept a later page of a batch but not the page before it: the log has a
+    // hole of zeros, then stale records with the right indexes after it.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path());
+    write(&mut wal, 10, 10);
+    drop(wal);
+    let segment = segment_paths(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut offsets = vec![0];
+    for _ in 0..10 {
+        let last = *offsets.last().unwrap();
+        offsets.push(last + super::record::Record::decode(&bytes[last..]).unwrap().1);
+    }
+    bytes[offsets[4]..offsets[5]].fill(0); // entry 5 never reached the disk; 6..10 did
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let (mut wal, replayed) = open(dir.path());
+    assert_eq!(indexes(&replayed), vec![1, 2, 3, 4]);
+    let after = std::fs::read(&segment).unwrap();
+    assert!(
+        after[offsets[4]..].iter().all(|&byte| byte == 0),
+        "the stale records were zeroed"
+    );
+    // New entries 5.. land where the stale ones were; a restart must see only the new ones.
+    for number in 100..103 {
+        wal.append(2, grant(number));
+    }
+    wal.commit().unwrap();
+    drop(wal);
+    let (_, replayed) = open(dir.path());
+    assert_eq!(indexes(&replayed), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(replayed.entries[4].command, grant(100));
+    assert!(replayed.entries[4..].iter().all(|entry| entry.term == 2));
+}
+
+#[test]
+fn one_commit_may_span_several_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path());
+    // Far more than a segment holds, in a single commit.
+    let count = 3 * SEGMENT_BYTES_MIN / 60;
+    for number in 0..count {
+        wal.append(1, grant(number));
+    }
+    wal.commit().unwrap();
+    assert!(wal.segment_count() >= 3, "{} segments", wal.segment_count());
+    drop(wal);
+    let (_, replayed) = open(dir.path());
+    assert_eq!(indexes(&replayed), (1..=count).collect::<Vec<_>>());
+}
