@@ -88,4 +88,6 @@ impl WalError {
 }
 
 #[cfg(test)]
+mod power_cut;
+#[cfg(test)]
 mod tests;
