@@ -36,6 +36,8 @@ pub enum Workload {
     Get,
     /// The time a restarted server takes to serve a log of many live persistent locks.
     Recovery,
+    /// The server's memory per held lock.
+    Hold,
 }
 
 impl Workload {
@@ -46,6 +48,7 @@ impl Workload {
             Workload::Scheduler => "scheduler",
             Workload::Get => "get",
             Workload::Recovery => "recovery",
+            Workload::Hold => "hold",
         }
     }
 }

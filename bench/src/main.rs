@@ -3,7 +3,8 @@
 //! Workloads (`--workload`): `acquire-release` (each slot locks its own key, then unlocks
 //! it), `contended` (every slot waits for one key; hand-off latency, release sent -> next
 //! grant received, is its own histogram), `scheduler` (lock `job-queue-lock` with ttl and
-//! wait, work `--work-us`, release; jobs/s), `get`, and `recovery` (see `recovery.rs`).
+//! wait, work `--work-us`, release; jobs/s), `get`, `recovery` (see `recovery.rs`) and
+//! `hold` (the server's memory per held lock, see `hold.rs`).
 //!
 //! Modes: closed loop with `--connections C` and `--pipeline P` (requests in flight per
 //! connection), or open loop with `--rate R` (requests/s over all connections, latency
@@ -16,6 +17,7 @@
 //! percentile distribution. Per-connection histograms are merged at the end.
 
 mod echo;
+mod hold;
 mod load;
 mod recovery;
 mod report;
@@ -94,7 +96,7 @@ struct Options {
     /// Write the full latency distribution (HdrHistogram .hgrm text) to this file.
     #[arg(long)]
     hgrm: Option<std::path::PathBuf>,
-    /// recovery: live persistent locks in the log.
+    /// recovery: live persistent locks in the log; hold: locks to take.
     #[arg(long, default_value_t = 1_000_000)]
     locks: u64,
     /// recovery: the kahu-server binary (default: beside kahu-bench).
@@ -108,6 +110,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if options.workload == Workload::Recovery {
         let server = recovery::server_binary(options.server_bin.clone());
         return recovery::run(options.locks, &server, options.json);
+    }
+    if options.workload == Workload::Hold {
+        let durability = match options.durability {
+            DurabilityArg::Persistent => Durability::Persistent,
+            DurabilityArg::Ephemeral => Durability::Ephemeral,
+        };
+        return hold::run(
+            options.connection_source,
+            options.locks,
+            options.ttl_ms,
+            durability,
+            options.json,
+        )
+        .await;
     }
     if options.connections == 0 || options.pipeline == 0 {
         return Err("--connections and --pipeline must be at least 1".into());

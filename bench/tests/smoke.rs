@@ -115,5 +115,16 @@ async fn every_workload_and_mode_prints_parseable_json() {
             assert!(report.get("achieved_per_sec").is_some(), "{report}");
         }
     }
+    let held = tokio::task::spawn_blocking(move || {
+        run(&address, &["--workload", "hold", "--locks", "3000"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(held["locks"], 3000, "{held}");
+    assert_eq!(held["refused"], 0, "{held}");
+    assert!(
+        held["rss_after_bytes"].as_u64().unwrap() > 0,
+        "the server reports its memory: {held}"
+    );
     server.shutdown().await;
 }

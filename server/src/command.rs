@@ -66,7 +66,21 @@ fn info(shared: &Shared) -> InfoReply {
             "connections_refused_total".to_string(),
             shared.connections.refused(),
         ),
+        ("memory_rss_bytes".to_string(), resident_bytes()),
     ];
     fields.extend(shared.shards.stats());
     InfoReply { fields }
+}
+
+/// The server's resident memory (`VmRSS` of /proc/self/status), or 0 where unknown.
+fn resident_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kilobytes| kilobytes.trim().parse::<u64>().ok())
+        .map_or(0, |kilobytes| kilobytes * 1024)
 }
