@@ -4,9 +4,10 @@
 #   bench/compare.sh            # ~2 minutes; DURATION=5 bench/compare.sh for longer runs
 #
 # Builds release, starts a kahu server (and a Redis server where redis-server is installed:
-# `apt-get install redis-server redis-tools`) on free loopback ports with throwaway data,
-# runs the measurements, stops everything it started, and prints absolute numbers and
-# ratios. Nothing else on the machine is touched.
+# `apt-get install redis-server`) on free loopback ports with throwaway data, runs
+# kahu-bench against the echo floor, kahu and Redis with the same settings, stops
+# everything it started, and prints absolute numbers and ratios. Nothing else on the
+# machine is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-3}"
@@ -48,45 +49,35 @@ done
 r[contended]=$(run --workload contended --connections 16 --durability ephemeral)
 r[hold]=$("$bench" -c "$kahu" --workload hold --locks 1000000 --durability ephemeral --ttl-ms 600000 --json)
 
-redis_c1="" redis_c50="" redis_p16=""
-if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
+if command -v redis-server >/dev/null; then
     port=$(free_port)
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$work/redis.out" 2>&1 &
     pids+=($!)
-    for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    rb() { redis-benchmark -h 127.0.0.1 -p "$port" -r 100000 --csv "$@" SET 'lock:__rand_int__' owner NX PX 10000 | tail -1; }
-    # CSV: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",...
-    redis_c1=$(rb -c 1 -n 20000)
-    redis_c50=$(rb -c 50 -n 200000)
-    redis_p16=$(rb -c 1 -P 16 -n 400000)
+    for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    # The same harness against Redis: SET key owner NX PX ttl, and an owner-checked delete.
+    r[redis-c1]=$(run --target "redis://127.0.0.1:$port" --connections 1)
+    r[redis-c64]=$(run --target "redis://127.0.0.1:$port" --connections 64)
+    r[redis-p64]=$(run --target "redis://127.0.0.1:$port" --pipeline 64)
 else
-    echo "redis-server not installed: Redis columns skipped (apt-get install redis-server redis-tools)" >&2
+    echo "redis-server not installed: Redis columns skipped (apt-get install redis-server)" >&2
 fi
-csv() { echo "$1" | tr -d '"' | cut -d, -f"$2"; }
 
-python3 - "$redis_c1" "$redis_c50" "$redis_p16" <<PY
-import json, sys
+python3 - <<PY
+import json
 r = {k: json.loads(v) for k, v in [
 $(for k in "${!r[@]}"; do printf '    ("%s", r"""%s"""),\n' "$k" "${r[$k]}"; done)
 ]}
-def redis(line, column):
-    if not line: return None
-    return float(line.replace('"', '').split(',')[column])
-rc1_p50 = redis(sys.argv[1], 4); rc50 = redis(sys.argv[2], 1); rp16 = redis(sys.argv[3], 1)
 def ratio(a, b): return f"{a / b:.2f}" if a and b else "-"
+def get(name, field): return r[name][field] if name in r else None
 rows = []
-e, k, p = r["echo-ephemeral-c1"], r["kahu-ephemeral-c1"], r["kahu-persistent-c1"]
-rows.append(("p50 µs, 1 conn", e["p50_us"], k["p50_us"], ratio(k["p50_us"], e["p50_us"]), rc1_p50 and rc1_p50 * 1000, ratio(k["p50_us"], rc1_p50 and rc1_p50 * 1000), p["p50_us"]))
-e, k, p = r["echo-ephemeral-c64"], r["kahu-ephemeral-c64"], r["kahu-persistent-c64"]
-rows.append(("ops/s, 64 conns (Redis: 50)", e["ops_per_sec"], k["ops_per_sec"], ratio(k["ops_per_sec"], e["ops_per_sec"]), rc50, ratio(k["ops_per_sec"], rc50), p["ops_per_sec"]))
-e, k, p = r["echo-ephemeral-p64"], r["kahu-ephemeral-p64"], r["kahu-persistent-p64"]
-rows.append(("ops/s, 1 conn x 64 in flight (Redis: -P 16)", e["ops_per_sec"], k["ops_per_sec"], ratio(k["ops_per_sec"], e["ops_per_sec"]), rp16, ratio(k["ops_per_sec"], rp16), p["ops_per_sec"]))
-c = r["contended"]; e1 = r["echo-ephemeral-c1"]
-rows.append(("hand-off p99 µs, 16 waiters", e1["p99_us"], c["handoff_p99_us"], ratio(c["handoff_p99_us"], e1["p99_us"]), None, "-", "-"))
-print("| measure | echo floor | kahu ephemeral | kahu/echo | Redis SET NX PX | kahu/Redis | kahu persistent |")
+for label, suffix, field in [("p50 µs, 1 conn", "c1", "p50_us"), ("ops/s, 64 conns", "c64", "ops_per_sec"), ("ops/s, 1 conn x 64 in flight", "p64", "ops_per_sec")]:
+    e, k, p, d = get(f"echo-ephemeral-{suffix}", field), get(f"kahu-ephemeral-{suffix}", field), get(f"kahu-persistent-{suffix}", field), get(f"redis-{suffix}", field)
+    rows.append((label, e, k, ratio(k, e), d, ratio(k, d), p))
+rows.append(("hand-off p99 µs, 16 waiters", get("echo-ephemeral-c1", "p99_us"), get("contended", "handoff_p99_us"), ratio(get("contended", "handoff_p99_us"), get("echo-ephemeral-c1", "p99_us")), None, "-", None))
+print("| measure | echo floor | kahu ephemeral | kahu/echo | Redis (no fsync) | kahu/Redis | kahu persistent |")
 print("|---|---|---|---|---|---|---|")
 for row in rows:
-    print("| " + " | ".join("-" if v is None else (f"{v:,.0f}" if isinstance(v, float) else str(v)) for v in row) + " |")
+    print("| " + " | ".join("-" if v is None else str(v) for v in row) + " |")
 h = r["hold"]
 print(f"\nmemory: {h['bytes_per_lock']} bytes per held ephemeral lock ({h['locks']:,} locks)")
 PY

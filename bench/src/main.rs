@@ -20,6 +20,7 @@ mod echo;
 mod hold;
 mod load;
 mod recovery;
+mod redis;
 mod report;
 
 use std::io::IsTerminal;
@@ -49,7 +50,8 @@ struct Options {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Workload::AcquireRelease)]
     workload: Workload,
-    /// `kahu` (the server at --connection-source) or `echo` (an in-process floor server).
+    /// `kahu` (the server at --connection-source), `echo` (an in-process floor server), or
+    /// `redis://HOST:PORT` (acquire-release as SET NX PX and an owner-checked EVAL delete).
     #[arg(long, default_value = "kahu")]
     target: String,
     /// Durability of the locks taken.
@@ -133,12 +135,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         return Err("--rate (open loop) applies to acquire-release and get".into());
     }
-    let address = match options.target.as_str() {
-        "kahu" => options.connection_source,
-        "echo" => echo::start()?,
-        other => return Err(format!("unknown --target {other:?}: use kahu or echo").into()),
+    let redis = options.target.strip_prefix("redis://").map(str::to_string);
+    if redis.is_some() && (options.workload != Workload::AcquireRelease || options.rate.is_some()) {
+        return Err("--target redis:// runs the closed-loop acquire-release workload".into());
+    }
+    let address: SocketAddr = match (options.target.as_str(), &redis) {
+        ("kahu", _) => options.connection_source,
+        ("echo", _) => echo::start()?,
+        (_, Some(address)) => tokio::net::lookup_host(address.as_str())
+            .await?
+            .next()
+            .ok_or("--target redis://: no address")?,
+        (other, None) => {
+            return Err(
+                format!("unknown --target {other:?}: use kahu, echo or redis://HOST:PORT").into(),
+            )
+        }
     };
     let (durability, durability_name) = match options.durability {
+        _ if redis.is_some() => (Durability::Ephemeral, "redis-config"),
         DurabilityArg::Persistent => (Durability::Persistent, "persistent"),
         DurabilityArg::Ephemeral => (Durability::Ephemeral, "ephemeral"),
     };
@@ -168,11 +183,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for connection in 0..options.connections {
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        connections.push(tokio::spawn(load::run_connection(
-            stream,
-            connection,
-            plan.clone(),
-        )));
+        if redis.is_some() {
+            connections.push(tokio::spawn(redis::run_connection(
+                stream,
+                connection,
+                plan.clone(),
+            )));
+        } else {
+            connections.push(tokio::spawn(load::run_connection(
+                stream,
+                connection,
+                plan.clone(),
+            )));
+        }
     }
     if plan.count_progress {
         tokio::spawn(progress(plan.clone()));
