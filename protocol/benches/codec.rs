@@ -19,8 +19,7 @@
 //!
 //! Run: `cargo bench -p kahu-protocol --bench codec`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -41,49 +40,9 @@ const COUNTED_OPERATIONS: u64 = 10_000;
 const REQUEST_ID: u32 = 7;
 const LOCK_LINE: &str = "LOCK backup-lock 60000 OWNER w1 WAIT 2000";
 
-/// The system allocator, counting allocations while [`COUNTING`] is set.
-struct CountingAllocator;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-impl CountingAllocator {
-    fn count(&self) {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-#[allow(unsafe_code)]
-// SAFETY: every call is forwarded unchanged to `System`, which upholds the contract.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.count();
-        // SAFETY: the caller's guarantees for `layout` are the ones `System` needs.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.count();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        self.count();
-        // SAFETY: `pointer` came from `System` through this allocator, with `layout`.
-        unsafe { System.realloc(pointer, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        // SAFETY: `pointer` came from `System` through this allocator, with `layout`.
-        unsafe { System.dealloc(pointer, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+#[path = "support/counting_allocator.rs"]
+mod counting_allocator;
+use counting_allocator::{ALLOCATIONS, COUNTING};
 
 /// Runs `operation` once to warm up, then [`COUNTED_OPERATIONS`] times counting
 /// allocations (and reallocations), and prints the count per operation.

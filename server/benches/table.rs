@@ -23,9 +23,8 @@
 //!
 //! Run: `cargo bench -p kahu-server --bench table`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -49,49 +48,9 @@ const WAIT_MS: u64 = 2_000;
 /// Operations each untimed allocation count runs over.
 const COUNTED_OPERATIONS: u64 = 10_000;
 
-/// The system allocator, counting allocations while [`COUNTING`] is set.
-struct CountingAllocator;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-impl CountingAllocator {
-    fn count(&self) {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-#[allow(unsafe_code)]
-// SAFETY: every call is forwarded unchanged to `System`, which upholds the contract.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.count();
-        // SAFETY: the caller's guarantees for `layout` are the ones `System` needs.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.count();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        self.count();
-        // SAFETY: `pointer` came from `System` through this allocator, with `layout`.
-        unsafe { System.realloc(pointer, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        // SAFETY: `pointer` came from `System` through this allocator, with `layout`.
-        unsafe { System.dealloc(pointer, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+#[path = "../../protocol/benches/support/counting_allocator.rs"]
+mod counting_allocator;
+use counting_allocator::{ALLOCATIONS, COUNTING};
 
 /// Allocations (and reallocations) made by `work`.
 fn count_allocations(work: impl FnOnce()) -> u64 {
