@@ -228,3 +228,50 @@ async fn silent_and_stuck_clients_cannot_hold_up_shutdown() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_paused_at_the_in_flight_limit_is_noticed() {
+    let server = TestServer::start_with(|config| config.requests_in_flight_max = 2).await;
+    let mut holder = RawClient::connect(server.addr()).await;
+    token(&holder.call(1, &lock("k", "holder", 60_000, 0)).await);
+    // Two waiting LOCKs fill this connection's in-flight limit: the server stops reading it.
+    let mut leaving = RawClient::connect(server.addr()).await;
+    leaving.feed(1, &lock("k", "leaving", 60_000, 30_000)).await;
+    leaving.feed(2, &lock("k", "leaving", 60_000, 30_000)).await;
+    leaving.flush().await;
+    wait_for_waiters(&mut holder, 2).await;
+    drop(leaving);
+    // Noticed although the server was not reading from it: its waiters are dropped...
+    wait_for_waiters(&mut holder, 0).await;
+    // ...so the lock is not handed to a client that is gone.
+    assert!(matches!(
+        holder.call(3, &kahu_tests::unlock("k", "holder")).await,
+        Response::Released(_)
+    ));
+    assert!(matches!(
+        holder.call(4, &get("k")).await,
+        Response::NotHeld(_)
+    ));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_sending_past_the_in_flight_limit_is_served_in_turn() {
+    let server = TestServer::start_with(|config| config.requests_in_flight_max = 4).await;
+    let mut client = RawClient::connect(server.addr()).await;
+    let count = 500u32;
+    for id in 0..count {
+        client
+            .feed(id, &lock(&format!("paced-{id}"), "o", 60_000, 0))
+            .await;
+    }
+    client.flush().await;
+    let mut answered = 0;
+    for _ in 0..count {
+        let (_, response) = client.receive().await.expect("every request answered");
+        token(&response);
+        answered += 1;
+    }
+    assert_eq!(answered, count);
+    server.stop().await;
+}

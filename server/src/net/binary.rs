@@ -44,6 +44,10 @@ pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64
     let mut stopping = *shutdown.borrow();
     // The peer closed its side: answer what is in flight, then close.
     let mut peer_closed = false;
+    // While paused at the in-flight limit: a second handle on the socket to notice the
+    // peer going away (made only when needed), and whether it is known to be sending.
+    let mut watcher: Option<TcpStream> = None;
+    let mut peer_sending = false;
     let idle_timer = tokio::time::sleep(shared.connection_idle.unwrap_or(Duration::ZERO));
     tokio::pin!(idle_timer);
 
@@ -54,6 +58,14 @@ pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64
             }
             let can_read =
                 !stopping && !peer_closed && session.in_flight < shared.requests_in_flight_max;
+            // Paused at the in-flight limit (say, every request a waiting LOCK): still watch
+            // for the peer going away, so its waiters are dropped, not granted to nobody.
+            let watch = !can_read && !stopping && !peer_closed && !peer_sending;
+            if can_read {
+                peer_sending = false;
+            } else if watch && watcher.is_none() {
+                watcher = Some(watch_socket(reader.get_ref())?);
+            }
             let idle_applies = session.in_flight == 0 && shared.connection_idle.is_some();
             tokio::select! {
                 biased;
@@ -84,6 +96,15 @@ pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64
                     writer.flush().await?;
                     reset_idle(shared, idle_timer.as_mut());
                 }
+                gone = peer_gone(watcher.as_ref()), if watch => {
+                    if gone {
+                        peer_closed = true;
+                        session.cancel_waiters();
+                    } else {
+                        // It sent more: alive. Look again once reading resumes.
+                        peer_sending = true;
+                    }
+                }
                 _ = crate::server::stopping(&mut shutdown), if !stopping => stopping = true,
                 _ = &mut idle_timer, if idle_applies => {
                     tracing::debug!(connection_id, "closing idle connection");
@@ -97,6 +118,28 @@ pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64
         tracing::debug!(connection_id, %error, "binary connection ended");
     }
     session.waited
+}
+
+/// A second handle on the connection's socket (a duplicated descriptor), to peek at it
+/// while the frame reader is paused.
+fn watch_socket(read_half: &tokio::net::tcp::OwnedReadHalf) -> std::io::Result<TcpStream> {
+    use std::os::fd::AsFd;
+    let descriptor = AsRef::<TcpStream>::as_ref(read_half)
+        .as_fd()
+        .try_clone_to_owned()?;
+    let socket = std::net::TcpStream::from(descriptor);
+    socket.set_nonblocking(true)?;
+    TcpStream::from_std(socket)
+}
+
+/// Resolves when the socket has something to say: true if the peer is gone (end of
+/// stream or an error), false if it sent data (left for the frame reader).
+async fn peer_gone(watcher: Option<&TcpStream>) -> bool {
+    let Some(watcher) = watcher else {
+        return std::future::pending().await;
+    };
+    let mut byte = [0u8; 1];
+    !matches!(watcher.peek(&mut byte).await, Ok(read) if read > 0)
 }
 
 fn reset_idle(shared: &Shared, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
