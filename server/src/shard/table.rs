@@ -137,7 +137,8 @@ pub struct LockTable<R> {
     commit_seq: u64,
     /// The last commit sequence known durable.
     durable_seq: u64,
-    /// (slot, commit sequence) of every logged decision not yet known durable, in order.
+    /// (slot, commit sequence) for each slot and commit with a logged decision not yet
+    /// known durable, in order; one entry per slot and commit.
     dirty_slots: VecDeque<(u32, u64)>,
 }
 
@@ -208,7 +209,9 @@ impl<R: ReplyTarget> LockTable<R> {
                 break;
             }
             self.dirty_slots.pop_front();
-            if self.slots[index as usize].logged_in <= seq {
+            // Only the entry of the slot's last decision acts: an older entry for the same
+            // slot (or for a freed and reused one) names a sequence the slot no longer has.
+            if self.slots[index as usize].logged_in == logged_in {
                 self.remove_if_unused(index);
             }
         }
@@ -503,14 +506,7 @@ impl<R: ReplyTarget> LockTable<R> {
     /// decision about it waits to be durable (until then a read must find it, and wait).
     fn remove_if_unused(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
-        // A free slot has an empty key (keys never are): it may be named twice by
-        // `dirty_slots` when two decisions about one lock share a commit.
-        let free = slot.key.is_empty();
-        if free
-            || slot.holder.is_some()
-            || !slot.waiters.is_empty()
-            || slot.logged_in > self.durable_seq
-        {
+        if slot.holder.is_some() || !slot.waiters.is_empty() || slot.logged_in > self.durable_seq {
             return;
         }
         match self.index.find_entry(slot.hash, |&i| i == index) {
@@ -656,8 +652,11 @@ impl<R: ReplyTarget> LockTable<R> {
     /// Logs a decision about the lock in `index`; replies about it now wait for its commit.
     fn log(&mut self, index: u32, command: Command, out: &mut Output<R>) {
         out.log.push(command);
-        self.slots[index as usize].logged_in = self.commit_seq;
-        self.dirty_slots.push_back((index, self.commit_seq));
+        let slot = &mut self.slots[index as usize];
+        if slot.logged_in != self.commit_seq {
+            slot.logged_in = self.commit_seq;
+            self.dirty_slots.push_back((index, self.commit_seq));
+        }
     }
 
     /// Logs a new lease of `ttl_ms` for a persistent holder of `index`.
