@@ -1,0 +1,105 @@
+//! Membership change one voter at a time (dissertation §4.1).
+
+use super::super::{MembershipChange, ProposeError, Role};
+use super::Network;
+
+#[test]
+fn an_added_voter_catches_up_and_counts_in_the_quorum() {
+    let mut network = Network::new(3);
+    network.elect(1);
+    network.propose(1, &[1]);
+    network.add_empty_node(4);
+    network
+        .raft_mut(1)
+        .propose_membership(MembershipChange::AddVoter(4))
+        .expect("leader");
+    network.stabilize();
+    network.tick_all(2);
+    assert_eq!(network.applied_commands(4), vec![1]);
+    assert!(network.raft(4).membership().contains(4));
+    // With 4 voters a quorum is 3: 1, 2 and 4 commit without 3.
+    network.isolate(3);
+    let last = network.propose(1, &[2]);
+    assert_eq!(network.raft(1).commit_index(), last);
+}
+
+#[test]
+fn a_removed_voter_no_longer_counts() {
+    let mut network = Network::new(3);
+    network.elect(1);
+    network
+        .raft_mut(1)
+        .propose_membership(MembershipChange::RemoveVoter(3))
+        .expect("leader");
+    network.stabilize();
+    // Voters {1, 2}: both are needed now, 3 is irrelevant.
+    network.isolate(3);
+    let last = network.propose(1, &[1]);
+    assert_eq!(network.raft(1).commit_index(), last);
+    network.tick(3, 100);
+    assert_ne!(
+        network.raft(3).role(),
+        Role::Leader,
+        "a removed node does not campaign"
+    );
+}
+
+#[test]
+fn a_leader_that_removes_itself_steps_down_once_committed() {
+    let mut network = Network::new(3);
+    network.elect(1);
+    network
+        .raft_mut(1)
+        .propose_membership(MembershipChange::RemoveVoter(1))
+        .expect("leader");
+    network.stabilize();
+    assert_ne!(network.raft(1).role(), Role::Leader);
+    network.tick_all(30);
+    let leaders = network.leaders();
+    assert_eq!(leaders.len(), 1);
+    assert_ne!(leaders[0], 1);
+}
+
+#[test]
+fn one_change_at_a_time() {
+    let mut network = Network::new(3);
+    network.elect(1);
+    network.isolate(1); // keep the first change uncommitted
+    network
+        .raft_mut(1)
+        .propose_membership(MembershipChange::AddVoter(4))
+        .expect("leader");
+    assert_eq!(
+        network
+            .raft_mut(1)
+            .propose_membership(MembershipChange::AddVoter(5)),
+        Err(ProposeError::MembershipChangePending)
+    );
+    assert!(matches!(
+        network
+            .raft_mut(2)
+            .propose_membership(MembershipChange::AddVoter(5)),
+        Err(ProposeError::NotLeader { .. })
+    ));
+}
+
+#[test]
+fn an_uncommitted_membership_is_undone_when_its_entry_is_replaced() {
+    let mut network = Network::new(3);
+    network.elect(1);
+    network.isolate(1);
+    network
+        .raft_mut(1)
+        .propose_membership(MembershipChange::RemoveVoter(3))
+        .expect("leader");
+    network.process_ready();
+    assert!(!network.raft(1).membership().contains(3));
+    network.elect(2);
+    network.propose(2, &[1]);
+    network.heal();
+    network.tick_all(3);
+    assert!(
+        network.raft(1).membership().contains(3),
+        "membership reverted"
+    );
+}
