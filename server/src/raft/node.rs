@@ -137,11 +137,15 @@ impl<C: Payload> Raft<C> {
             }
         }
         let mut log = RaftLog::new(snapshot_index, snapshot_term, initial.entries);
-        let hard_state = initial.hard_state;
-        assert!(
-            hard_state.term >= log.last_term(),
-            "log term above the hard state"
-        );
+        let stored_hard_state = initial.hard_state;
+        let mut hard_state = stored_hard_state;
+        if log.last_term() > hard_state.term {
+            // A crash kept entries of a later term but not the hard state written with
+            // them. Nothing that needed that hard state was sent (votes leave only after
+            // it is on disk), so this node voted for nobody in the later term.
+            hard_state.term = log.last_term();
+            hard_state.vote = 0;
+        }
         log.commit_to(hard_state.commit.min(log.last_index()));
         let last_role = RoleChange {
             role: Role::Follower,
@@ -174,7 +178,7 @@ impl<C: Payload> Raft<C> {
             snapshot_to_install: None,
             last_hard_state: HardState {
                 commit: 0,
-                ..hard_state
+                ..stored_hard_state
             },
             last_role,
             in_ready: false,

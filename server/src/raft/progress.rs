@@ -97,7 +97,9 @@ impl Progress {
                 true
             }
             ProgressState::Probe => {
-                if rejected != self.next_index - 1 {
+                // The follower acknowledged `match_index` after it was on disk, so a
+                // rejection at or below it is an old (delayed or duplicated) answer.
+                if rejected != self.next_index - 1 || rejected <= self.match_index {
                     return false;
                 }
                 self.next_index = candidate_next.clamp(self.match_index + 1, rejected);
