@@ -6,6 +6,8 @@
 //! [`table::LockTable`] alone, so no lock guards lock state. Replies go back through the
 //! connection's own channel, in whatever order the shards answer.
 
+pub mod clock;
+mod lease_heap;
 pub mod table;
 pub mod timers;
 pub mod tokens;

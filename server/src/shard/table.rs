@@ -23,10 +23,12 @@
 //!
 //! Storage: slots live in a slab (`Vec<Slot>` plus a free list) and the key index is a
 //! `hashbrown::HashTable<u32>` of slot numbers hashed with the key hash the router already
-//! computed, so each key is stored once and timers refer to slots by number.
+//! computed, so each key is stored once and timers refer to slots by number. Lease ends and
+//! waiter deadlines are kept as [`Moment`]s (8 bytes, exact to the nanosecond); instants
+//! are converted on the way in and out.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hashbrown::HashTable;
@@ -35,7 +37,8 @@ use kahu_protocol::{
     ProtocolError, Released, Response, Unlock,
 };
 
-use super::timers::{Timer, TimerKind, TimerQueue};
+use super::clock::{Clock, Moment};
+use super::timers::{Timer, TimerQueue, WaiterTimer};
 use super::tokens::TokenSource;
 use crate::wal::record::{Command, Entry};
 use crate::wal::snapshot::{Snapshot, SnapshotLock};
@@ -95,7 +98,7 @@ pub struct TableStats {
 struct Holder {
     owner: Bytes,
     token: u64,
-    expires_at: Instant,
+    expires_at: Moment,
     durability: Durability,
 }
 
@@ -104,7 +107,7 @@ struct Waiter<R> {
     id: u64,
     owner: Bytes,
     ttl_ms: u64,
-    deadline: Instant,
+    deadline: Moment,
     durability: Durability,
     reply: R,
 }
@@ -126,6 +129,8 @@ pub struct LockTable<R> {
     slots: Vec<Slot<R>>,
     free_slots: Vec<u32>,
     index: HashTable<u32>,
+    /// Turns the instants callers pass into the moments the table stores.
+    clock: Clock,
     timers: TimerQueue,
     tokens: TokenSource,
     /// For each connection with queued waiters: slot -> how many of its waiters are there.
@@ -149,6 +154,7 @@ impl<R: ReplyTarget> LockTable<R> {
             slots: Vec::new(),
             free_slots: Vec::new(),
             index: HashTable::new(),
+            clock: Clock::default(),
             timers: TimerQueue::default(),
             tokens,
             waits_by_connection: HashMap::new(),
@@ -163,6 +169,9 @@ impl<R: ReplyTarget> LockTable<R> {
 
     /// Every persistent lock held at `now`, with the lease it has left, for a snapshot.
     pub fn persistent_locks(&self, now: Instant) -> Vec<SnapshotLock> {
+        let Some(now) = self.clock.moment_if_started(now) else {
+            return Vec::new();
+        };
         self.index
             .iter()
             .filter_map(|&index| {
@@ -174,11 +183,7 @@ impl<R: ReplyTarget> LockTable<R> {
                         owner: holder.owner.clone(),
                         token: holder.token,
                         // Rounded up: a lease is never shortened by a snapshot.
-                        ttl_ms: holder
-                            .expires_at
-                            .duration_since(now)
-                            .as_micros()
-                            .div_ceil(1000) as u64,
+                        ttl_ms: holder.expires_at.microseconds_since(now).div_ceil(1000),
                     },
                 )
             })
@@ -246,11 +251,13 @@ impl<R: ReplyTarget> LockTable<R> {
 
     /// When [`LockTable::fire_timers`] next has work.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.next_deadline()
+        let deadline = self.timers.next_deadline()?;
+        Some(self.clock.instant(deadline))
     }
 
     /// LOCK: grant, re-grant to the same owner, queue, or answer BUSY.
     pub fn lock(&mut self, now: Instant, hash: u64, request: &Lock, reply: R, out: &mut Output<R>) {
+        let now = self.clock.moment(now);
         let index = self.find_or_insert(hash, &request.key);
         self.settle(index, now, out);
         let slot = &mut self.slots[index as usize];
@@ -271,7 +278,7 @@ impl<R: ReplyTarget> LockTable<R> {
                     holder.durability = Durability::Persistent;
                 }
                 self.stats.reentries_total += 1;
-                self.set_lease_end(index, now + ms(request.ttl_ms));
+                self.set_lease_end(index, now.after_ms(request.ttl_ms));
                 if upgrade {
                     let command = Command::Grant {
                         key: Bytes::copy_from_slice(&request.key),
@@ -315,6 +322,7 @@ impl<R: ReplyTarget> LockTable<R> {
         reply: R,
         out: &mut Output<R>,
     ) {
+        let now = self.clock.moment(now);
         let Some(index) = self.settled(now, hash, &request.key, out) else {
             out.replies.push((reply, not_held(0)));
             return;
@@ -331,7 +339,7 @@ impl<R: ReplyTarget> LockTable<R> {
             }
             Some(_) => {
                 let released = slot.holder.take().expect("matched Some");
-                self.timers.remove(lease_timer(released.expires_at, index));
+                self.timers.remove_lease(index, released.expires_at);
                 self.stats.locks_held -= 1;
                 self.stats.releases_total += 1;
                 let token = released.token;
@@ -355,6 +363,7 @@ impl<R: ReplyTarget> LockTable<R> {
         reply: R,
         out: &mut Output<R>,
     ) {
+        let now = self.clock.moment(now);
         let Some(index) = self.settled(now, hash, &request.key, out) else {
             out.replies.push((reply, not_held(0)));
             return;
@@ -367,7 +376,7 @@ impl<R: ReplyTarget> LockTable<R> {
             }
             Some(holder) => {
                 let token = holder.token;
-                self.set_lease_end(index, now + ms(request.ttl_ms));
+                self.set_lease_end(index, now.after_ms(request.ttl_ms));
                 self.log_extend(index, request.ttl_ms, out);
                 self.stats.extends_total += 1;
                 Response::Extended(Extended {
@@ -382,6 +391,7 @@ impl<R: ReplyTarget> LockTable<R> {
 
     /// GET: the holder, its token, remaining lease and waiter count, or NOT_HELD.
     pub fn get(&mut self, now: Instant, hash: u64, key: &[u8], reply: R, out: &mut Output<R>) {
+        let now = self.clock.moment(now);
         let Some(index) = self.settled(now, hash, key, out) else {
             out.replies.push((reply, not_held(0)));
             return;
@@ -405,15 +415,16 @@ impl<R: ReplyTarget> LockTable<R> {
     /// the lock to the next waiter) and answers waiters whose wait ran out with BUSY.
     /// Returns true when more timers are due.
     pub fn fire_timers(&mut self, now: Instant, timers_max: usize, out: &mut Output<R>) -> bool {
+        let now = self.clock.moment(now);
         for _ in 0..timers_max {
             let Some(timer) = self.timers.pop_due(now) else {
                 return false;
             };
-            match timer.kind {
-                TimerKind::Lease => self.settle(timer.slot, timer.deadline, out),
-                TimerKind::Waiter(id) => self.time_out_waiter(timer.slot, id, timer.deadline, out),
+            match timer {
+                Timer::Lease { deadline, slot } => self.settle(slot, deadline, out),
+                Timer::Waiter(waiter) => self.time_out_waiter(waiter, out),
             }
-            self.remove_if_unused(timer.slot);
+            self.remove_if_unused(timer.slot());
         }
         self.timers
             .next_deadline()
@@ -423,6 +434,7 @@ impl<R: ReplyTarget> LockTable<R> {
     /// Drops every waiter of a connection that closed (or stopped reading), answering each
     /// with BUSY so a half-closed client still hears that it did not get the lock.
     pub fn cancel_connection(&mut self, connection_id: u64, now: Instant, out: &mut Output<R>) {
+        let now = self.clock.moment(now);
         let Some(slots) = self.waits_by_connection.remove(&connection_id) else {
             return;
         };
@@ -438,7 +450,7 @@ impl<R: ReplyTarget> LockTable<R> {
                 .expect("a lock with waiters has a holder");
             let busy = holder_info(holder, now);
             for waiter in leaving {
-                self.timers.remove(waiter_timer(&waiter, index));
+                self.timers.remove_waiter(waiter_timer(&waiter, index));
                 self.stats.waiters -= 1;
                 self.respond(out, index, waiter.reply, Response::Busy(busy.clone()));
             }
@@ -449,7 +461,8 @@ impl<R: ReplyTarget> LockTable<R> {
     pub fn fail_all_waiters(&mut self, error: &ProtocolError, out: &mut Output<R>) {
         for (index, slot) in self.slots.iter_mut().enumerate() {
             for waiter in slot.waiters.drain(..) {
-                self.timers.remove(waiter_timer(&waiter, index as u32));
+                self.timers
+                    .remove_waiter(waiter_timer(&waiter, index as u32));
                 out.replies.push((waiter.reply, error.clone().into()));
             }
         }
@@ -459,7 +472,7 @@ impl<R: ReplyTarget> LockTable<R> {
 
     /// The slot of a known key with its lease settled at `now`; `None` for a key the table
     /// does not track (never held, or forgotten once free with nobody waiting).
-    fn settled(&mut self, now: Instant, hash: u64, key: &[u8], out: &mut Output<R>) -> Option<u32> {
+    fn settled(&mut self, now: Moment, hash: u64, key: &[u8], out: &mut Output<R>) -> Option<u32> {
         let index = self.find(hash, key)?;
         self.settle(index, now, out);
         Some(index)
@@ -524,7 +537,7 @@ impl<R: ReplyTarget> LockTable<R> {
     /// Ends every lease that ended by `now`, handing the lock on at the moment each ended
     /// (see the module doc), until the lock is held by a live lease or free with nobody
     /// waiting.
-    fn settle(&mut self, index: u32, now: Instant, out: &mut Output<R>) {
+    fn settle(&mut self, index: u32, now: Moment, out: &mut Output<R>) {
         loop {
             let slot = &mut self.slots[index as usize];
             match &slot.holder {
@@ -533,8 +546,7 @@ impl<R: ReplyTarget> LockTable<R> {
             }
             let expired = slot.holder.take().expect("matched Some");
             // Absent when the lease timer itself is what fired.
-            self.timers
-                .remove_if_present(lease_timer(expired.expires_at, index));
+            self.timers.remove_lease_if_armed(index, expired.expires_at);
             self.stats.locks_held -= 1;
             self.stats.expiries_total += 1;
             if expired.durability == Durability::Persistent {
@@ -554,18 +566,12 @@ impl<R: ReplyTarget> LockTable<R> {
     /// Grants a lock that came free at `at` to the first waiter that is still there and
     /// was still waiting at `at`; waiters whose time ran out get BUSY naming `previous`,
     /// the holder that just left.
-    fn hand_off(
-        &mut self,
-        index: u32,
-        at: Instant,
-        previous: Option<&Holder>,
-        out: &mut Output<R>,
-    ) {
+    fn hand_off(&mut self, index: u32, at: Moment, previous: Option<&Holder>, out: &mut Output<R>) {
         while self.slots[index as usize].holder.is_none() {
             let Some(waiter) = self.slots[index as usize].waiters.pop_front() else {
                 return;
             };
-            self.timers.remove(waiter_timer(&waiter, index));
+            self.timers.remove_waiter(waiter_timer(&waiter, index));
             self.waiter_left(waiter.reply.connection_id(), index);
             if waiter.reply.is_gone() {
                 continue;
@@ -607,14 +613,14 @@ impl<R: ReplyTarget> LockTable<R> {
         owner: Bytes,
         ttl_ms: u64,
         durability: Durability,
-        now: Instant,
+        now: Moment,
         out: &mut Output<R>,
     ) -> u64 {
         let token = self.tokens.next_token();
         let slot = &mut self.slots[index as usize];
         debug_assert!(slot.holder.is_none());
         assert!(token > slot.last_token, "fencing token must grow per lock");
-        let expires_at = now + ms(ttl_ms);
+        let expires_at = now.after_ms(ttl_ms);
         if durability == Durability::Persistent {
             let command = Command::Grant {
                 key: Bytes::copy_from_slice(&slot.key),
@@ -632,7 +638,7 @@ impl<R: ReplyTarget> LockTable<R> {
             durability,
         });
         slot.last_token = token;
-        self.timers.insert(lease_timer(expires_at, index));
+        self.timers.insert_lease(index, expires_at);
         self.stats.locks_held += 1;
         self.stats.grants_total += 1;
         token
@@ -674,17 +680,16 @@ impl<R: ReplyTarget> LockTable<R> {
     }
 
     /// Moves the lease of the holder of `index` to end at `expires_at`.
-    fn set_lease_end(&mut self, index: u32, expires_at: Instant) {
+    fn set_lease_end(&mut self, index: u32, expires_at: Moment) {
         let holder = self.slots[index as usize]
             .holder
             .as_mut()
             .expect("only a held lock has a lease");
         let previous = std::mem::replace(&mut holder.expires_at, expires_at);
-        self.timers.remove(lease_timer(previous, index));
-        self.timers.insert(lease_timer(expires_at, index));
+        self.timers.move_lease(index, previous, expires_at);
     }
 
-    fn enqueue(&mut self, index: u32, now: Instant, request: &Lock, reply: R) {
+    fn enqueue(&mut self, index: u32, now: Moment, request: &Lock, reply: R) {
         let id = self.next_waiter_id;
         self.next_waiter_id += 1;
         *self
@@ -697,17 +702,22 @@ impl<R: ReplyTarget> LockTable<R> {
             id,
             owner: Bytes::copy_from_slice(&request.owner),
             ttl_ms: request.ttl_ms,
-            deadline: now + ms(request.wait_ms),
+            deadline: now.after_ms(request.wait_ms),
             durability: request.durability,
             reply,
         };
-        self.timers.insert(waiter_timer(&waiter, index));
+        self.timers.insert_waiter(waiter_timer(&waiter, index));
         self.slots[index as usize].waiters.push_back(waiter);
         self.stats.waiters += 1;
     }
 
     /// A waiter's deadline fired (its timer is already out of the set).
-    fn time_out_waiter(&mut self, index: u32, id: u64, deadline: Instant, out: &mut Output<R>) {
+    fn time_out_waiter(&mut self, timer: WaiterTimer, out: &mut Output<R>) {
+        let WaiterTimer {
+            deadline,
+            slot: index,
+            id,
+        } = timer;
         self.settle(index, deadline, out);
         let slot = &mut self.slots[index as usize];
         let Some(position) = slot.waiters.iter().position(|waiter| waiter.id == id) else {
@@ -749,13 +759,14 @@ impl<R: ReplyTarget> LockTable<R> {
 #[derive(Debug)]
 pub struct Restorer<'a, R> {
     table: &'a mut LockTable<R>,
-    now: Instant,
+    now: Moment,
     /// The largest fencing token seen, so the new run's tokens can start above it.
     pub token_max: u64,
 }
 
 impl<'a, R: ReplyTarget> Restorer<'a, R> {
     pub fn new(table: &'a mut LockTable<R>, now: Instant) -> Restorer<'a, R> {
+        let now = table.clock.moment(now);
         Restorer {
             table,
             now,
@@ -768,10 +779,10 @@ impl<'a, R: ReplyTarget> Restorer<'a, R> {
         let table = &mut *self.table;
         let index = table.find_or_insert(super::key_hash(key), key);
         if let Some(previous) = table.slots[index as usize].holder.take() {
-            table.timers.remove(lease_timer(previous.expires_at, index));
+            table.timers.remove_lease(index, previous.expires_at);
             table.stats.locks_held -= 1;
         }
-        let expires_at = self.now + ms(ttl_ms);
+        let expires_at = self.now.after_ms(ttl_ms);
         let slot = &mut table.slots[index as usize];
         slot.holder = Some(Holder {
             owner: owner.clone(),
@@ -780,7 +791,7 @@ impl<'a, R: ReplyTarget> Restorer<'a, R> {
             durability: Durability::Persistent,
         });
         slot.last_token = slot.last_token.max(token);
-        table.timers.insert(lease_timer(expires_at, index));
+        table.timers.insert_lease(index, expires_at);
         table.stats.locks_held += 1;
     }
 
@@ -811,14 +822,14 @@ impl<R: ReplyTarget> Replay for Restorer<'_, R> {
                 if let Some(index) = self.current(key, *token) {
                     let table = &mut *self.table;
                     let released = table.slots[index as usize].holder.take().expect("current");
-                    table.timers.remove(lease_timer(released.expires_at, index));
+                    table.timers.remove_lease(index, released.expires_at);
                     table.stats.locks_held -= 1;
                     table.remove_if_unused(index);
                 }
             }
             Command::Extend { key, token, ttl_ms } => {
                 if let Some(index) = self.current(key, *token) {
-                    self.table.set_lease_end(index, self.now + ms(*ttl_ms));
+                    self.table.set_lease_end(index, self.now.after_ms(*ttl_ms));
                 }
             }
         }
@@ -832,31 +843,19 @@ impl Holder {
     }
 }
 
-fn ms(milliseconds: u64) -> Duration {
-    Duration::from_millis(milliseconds)
-}
-
-fn lease_timer(deadline: Instant, slot: u32) -> Timer {
-    Timer {
-        deadline,
-        slot,
-        kind: TimerKind::Lease,
-    }
-}
-
-fn waiter_timer<R>(waiter: &Waiter<R>, slot: u32) -> Timer {
-    Timer {
+fn waiter_timer<R>(waiter: &Waiter<R>, slot: u32) -> WaiterTimer {
+    WaiterTimer {
         deadline: waiter.deadline,
         slot,
-        kind: TimerKind::Waiter(waiter.id),
+        id: waiter.id,
     }
 }
 
-fn remaining_ms(holder: &Holder, now: Instant) -> u64 {
-    holder.expires_at.saturating_duration_since(now).as_millis() as u64
+fn remaining_ms(holder: &Holder, now: Moment) -> u64 {
+    holder.expires_at.milliseconds_since(now)
 }
 
-fn holder_info(holder: &Holder, now: Instant) -> Busy {
+fn holder_info(holder: &Holder, now: Moment) -> Busy {
     Busy {
         token: holder.token,
         remaining_ms: remaining_ms(holder, now),

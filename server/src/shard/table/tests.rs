@@ -739,12 +739,13 @@ fn holder_of(
 ) -> Option<(Bytes, u64, Durability, Duration)> {
     let index = table.find(hash(key), key.as_bytes())?;
     let holder = table.slots[index as usize].holder.as_ref()?;
-    (holder.expires_at > now).then(|| {
+    let expires_at = table.clock.instant(holder.expires_at);
+    (expires_at > now).then(|| {
         (
             holder.owner.clone(),
             holder.token,
             holder.durability,
-            holder.expires_at - now,
+            expires_at - now,
         )
     })
 }
