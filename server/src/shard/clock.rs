@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 const NANOSECONDS_PER_MICROSECOND: i64 = 1_000;
 const NANOSECONDS_PER_MILLISECOND: i64 = 1_000_000;
 
-/// A point in time: nanoseconds since the origin of the table's [`Clock`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A point in time: nanoseconds since the origin of the table's [`Clock`] (the default is
+/// the origin itself).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Moment(i64);
 
 impl Moment {

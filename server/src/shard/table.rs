@@ -21,11 +21,15 @@
 //! counts from the end of the previous one, which is after the waiter's request arrived:
 //! never later than the client's own count, which starts when it sent the request.
 //!
-//! Storage: slots live in a slab (`Vec<Slot>` plus a free list) and the key index is a
-//! `hashbrown::HashTable<u32>` of slot numbers hashed with the key hash the router already
-//! computed, so each key is stored once and timers refer to slots by number. Lease ends and
-//! waiter deadlines are kept as [`Moment`]s (8 bytes, exact to the nanosecond); instants
-//! are converted on the way in and out.
+//! Storage, sized for a million held locks per server: slots live in a slab (`Vec<Slot>`
+//! plus a free list), 64 bytes each with the key and the holder's owner in one allocation
+//! beside them (see `slot.rs`); the key index is a `hashbrown::HashTable<u32>` of slot
+//! numbers hashed with the key hash the router already computed, so each key is stored
+//! once and timers refer to slots by number; waiter queues live out of line
+//! (`waiters.rs`), only for locks that have waiters; lease ends and waiter deadlines are
+//! [`Moment`]s (8 bytes, exact to the nanosecond), converted from and to instants at the
+//! table's edge. A held lock with nobody waiting costs about 142 resident bytes: the slot,
+//! the key-and-owner allocation, its lease in the timers' heap and its index entry.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -43,6 +47,12 @@ use super::tokens::TokenSource;
 use crate::wal::record::{Command, Entry};
 use crate::wal::snapshot::{Snapshot, SnapshotLock};
 use crate::wal::Replay;
+
+mod slot;
+mod waiters;
+
+use slot::{Holder, Slot};
+use waiters::{Waiter, WaiterQueues, NO_QUEUE};
 
 /// Where a reply goes. The table keeps these for queued waiters.
 pub trait ReplyTarget {
@@ -95,40 +105,12 @@ pub struct TableStats {
 }
 
 #[derive(Debug)]
-struct Holder {
-    owner: Bytes,
-    token: u64,
-    expires_at: Moment,
-    durability: Durability,
-}
-
-#[derive(Debug)]
-struct Waiter<R> {
-    id: u64,
-    owner: Bytes,
-    ttl_ms: u64,
-    deadline: Moment,
-    durability: Durability,
-    reply: R,
-}
-
-#[derive(Debug)]
-struct Slot<R> {
-    key: Box<[u8]>,
-    hash: u64,
-    holder: Option<Holder>,
-    last_token: u64,
-    waiters: VecDeque<Waiter<R>>,
-    /// The commit sequence of the last decision logged about this lock; while it is not
-    /// durable, replies about the lock wait for it and the slot is not freed.
-    logged_in: u64,
-}
-
-#[derive(Debug)]
 pub struct LockTable<R> {
-    slots: Vec<Slot<R>>,
+    slots: Vec<Slot>,
     free_slots: Vec<u32>,
     index: HashTable<u32>,
+    /// The FIFO waiters of the locks that have some; a slot holds its queue's number.
+    waiters: WaiterQueues<R>,
     /// Turns the instants callers pass into the moments the table stores.
     clock: Clock,
     timers: TimerQueue,
@@ -154,6 +136,7 @@ impl<R: ReplyTarget> LockTable<R> {
             slots: Vec::new(),
             free_slots: Vec::new(),
             index: HashTable::new(),
+            waiters: WaiterQueues::default(),
             clock: Clock::default(),
             timers: TimerQueue::default(),
             tokens,
@@ -176,11 +159,11 @@ impl<R: ReplyTarget> LockTable<R> {
             .iter()
             .filter_map(|&index| {
                 let slot = &self.slots[index as usize];
-                let holder = slot.holder.as_ref()?;
+                let holder = slot.holder()?;
                 (holder.durability == Durability::Persistent && holder.expires_at > now).then(
                     || SnapshotLock {
-                        key: Bytes::copy_from_slice(&slot.key),
-                        owner: holder.owner.clone(),
+                        key: Bytes::copy_from_slice(slot.key()),
+                        owner: Bytes::copy_from_slice(holder.owner),
                         token: holder.token,
                         // Rounded up: a lease is never shortened by a snapshot.
                         ttl_ms: holder.expires_at.microseconds_since(now).div_ceil(1000),
@@ -258,57 +241,41 @@ impl<R: ReplyTarget> LockTable<R> {
     /// LOCK: grant, re-grant to the same owner, queue, or answer BUSY.
     pub fn lock(&mut self, now: Instant, hash: u64, request: &Lock, reply: R, out: &mut Output<R>) {
         let now = self.clock.moment(now);
-        let index = self.find_or_insert(hash, &request.key);
+        let index = self.find_or_insert(hash, &request.key, &request.owner);
         self.settle(index, now, out);
-        let slot = &mut self.slots[index as usize];
-        match &mut slot.holder {
-            None => {
-                // Copy out of the request's frame buffer so the table never pins it.
-                let owner = Bytes::copy_from_slice(&request.owner);
-                let token = self.grant(index, owner, request.ttl_ms, request.durability, now, out);
-                self.respond(out, index, reply, acquired(token, request.ttl_ms, false));
-            }
-            Some(holder) if holder.owner == request.owner && !request.if_not_held => {
-                let token = holder.token;
-                // Asking for a persistent lock you hold as ephemeral makes it persistent
-                // (logged as a grant with the same token); the other way keeps it persistent.
-                let upgrade = request.durability == Durability::Persistent
-                    && holder.durability == Durability::Ephemeral;
-                if upgrade {
-                    holder.durability = Durability::Persistent;
-                }
-                self.stats.reentries_total += 1;
-                self.set_lease_end(index, now.after_ms(request.ttl_ms));
-                if upgrade {
-                    let command = Command::Grant {
-                        key: Bytes::copy_from_slice(&request.key),
-                        owner: Bytes::copy_from_slice(&request.owner),
-                        token,
-                        ttl_ms: request.ttl_ms,
-                    };
-                    self.log(index, command, out);
-                } else {
-                    self.log_extend(index, request.ttl_ms, out);
-                }
-                self.respond(out, index, reply, acquired(token, request.ttl_ms, true));
-            }
-            Some(holder) if request.wait_ms == 0 => {
-                let busy = Response::Busy(holder_info(holder, now));
-                self.stats.busy_total += 1;
-                self.respond(out, index, reply, busy);
-            }
-            Some(_) if slot.waiters.len() >= self.waiters_per_lock_max => {
-                let error = ProtocolError::new(
-                    ErrorCode::TooManyWaiters,
-                    format!(
-                        "{} requests already wait for this lock; waiters_per_lock_max is {}",
-                        slot.waiters.len(),
-                        self.waiters_per_lock_max
-                    ),
-                );
-                self.respond(out, index, reply, error.into());
-            }
-            Some(_) => self.enqueue(index, now, request, reply),
+        let slot = &self.slots[index as usize];
+        let Some(holder) = slot.holder() else {
+            // The owner is copied into the slot, so the table never pins the request's
+            // frame buffer.
+            let token = self.grant(
+                index,
+                &request.owner,
+                request.ttl_ms,
+                request.durability,
+                now,
+                out,
+            );
+            self.respond(out, index, reply, acquired(token, request.ttl_ms, false));
+            return;
+        };
+        if holder.owner == request.owner && !request.if_not_held {
+            self.reenter(index, now, request, reply, out);
+        } else if request.wait_ms == 0 {
+            let busy = Response::Busy(holder_info(holder, now));
+            self.stats.busy_total += 1;
+            self.respond(out, index, reply, busy);
+        } else if self.waiters.len(slot.waiters) >= self.waiters_per_lock_max {
+            let error = ProtocolError::new(
+                ErrorCode::TooManyWaiters,
+                format!(
+                    "{} requests already wait for this lock; waiters_per_lock_max is {}",
+                    self.waiters.len(slot.waiters),
+                    self.waiters_per_lock_max
+                ),
+            );
+            self.respond(out, index, reply, error.into());
+        } else {
+            self.enqueue(index, now, request, reply);
         }
     }
 
@@ -327,8 +294,8 @@ impl<R: ReplyTarget> LockTable<R> {
             out.replies.push((reply, not_held(0)));
             return;
         };
-        let slot = &mut self.slots[index as usize];
-        match &slot.holder {
+        let slot = &self.slots[index as usize];
+        match slot.holder() {
             None => {
                 let response = not_held(slot.last_token);
                 self.respond(out, index, reply, response);
@@ -337,18 +304,23 @@ impl<R: ReplyTarget> LockTable<R> {
                 let response = Response::NotOwner(holder_info(holder, now));
                 self.respond(out, index, reply, response);
             }
-            Some(_) => {
-                let released = slot.holder.take().expect("matched Some");
-                self.timers.remove_lease(index, released.expires_at);
+            Some(holder) => {
+                let Holder {
+                    token,
+                    expires_at,
+                    durability,
+                    ..
+                } = holder;
+                self.slots[index as usize].release();
+                self.timers.remove_lease(index, expires_at);
                 self.stats.locks_held -= 1;
                 self.stats.releases_total += 1;
-                let token = released.token;
-                if released.durability == Durability::Persistent {
-                    let key = Bytes::copy_from_slice(&self.slots[index as usize].key);
+                if durability == Durability::Persistent {
+                    let key = Bytes::copy_from_slice(self.slots[index as usize].key());
                     self.log(index, Command::Release { key, token }, out);
                 }
                 self.respond(out, index, reply, Response::Released(Released { token }));
-                self.hand_off(index, now, Some(&released), out);
+                self.hand_off(index, now, out);
             }
         }
         self.remove_if_unused(index);
@@ -369,7 +341,7 @@ impl<R: ReplyTarget> LockTable<R> {
             return;
         };
         let slot = &self.slots[index as usize];
-        let response = match &slot.holder {
+        let response = match slot.holder() {
             None => not_held(slot.last_token),
             Some(holder) if !holder.matches(&request.owner, request.token) => {
                 Response::NotOwner(holder_info(holder, now))
@@ -397,13 +369,13 @@ impl<R: ReplyTarget> LockTable<R> {
             return;
         };
         let slot = &self.slots[index as usize];
-        let response = match &slot.holder {
+        let response = match slot.holder() {
             None => not_held(slot.last_token),
             Some(holder) => Response::LockInfo(LockInfo {
-                owner: holder.owner.clone(),
+                owner: Bytes::copy_from_slice(holder.owner),
                 token: holder.token,
                 remaining_ms: remaining_ms(holder, now),
-                waiters: slot.waiters.len() as u32,
+                waiters: self.waiters.len(slot.waiters) as u32,
                 durability: holder.durability,
             }),
         };
@@ -440,13 +412,11 @@ impl<R: ReplyTarget> LockTable<R> {
         };
         for index in slots.into_keys() {
             let slot = &mut self.slots[index as usize];
-            let (leaving, staying): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut slot.waiters)
-                .into_iter()
-                .partition(|waiter| waiter.reply.connection_id() == connection_id);
-            slot.waiters = staying;
-            let holder = slot
-                .holder
-                .as_ref()
+            let leaving = self.waiters.take_if(&mut slot.waiters, |waiter| {
+                waiter.reply.connection_id() == connection_id
+            });
+            let holder = self.slots[index as usize]
+                .holder()
                 .expect("a lock with waiters has a holder");
             let busy = holder_info(holder, now);
             for waiter in leaving {
@@ -460,7 +430,7 @@ impl<R: ReplyTarget> LockTable<R> {
     /// Answers every waiter with `error` (used at shutdown).
     pub fn fail_all_waiters(&mut self, error: &ProtocolError, out: &mut Output<R>) {
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            for waiter in slot.waiters.drain(..) {
+            while let Some(waiter) = self.waiters.pop_front(&mut slot.waiters) {
                 self.timers
                     .remove_waiter(waiter_timer(&waiter, index as u32));
                 out.replies.push((waiter.reply, error.clone().into()));
@@ -481,31 +451,23 @@ impl<R: ReplyTarget> LockTable<R> {
     fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
         let slots = &self.slots;
         self.index
-            .find(hash, |&index| &*slots[index as usize].key == key)
+            .find(hash, |&index| slots[index as usize].key() == key)
             .copied()
     }
 
-    fn find_or_insert(&mut self, hash: u64, key: &[u8]) -> u32 {
+    /// The slot of `key`, made (free, with room for `owner`) if the key has none.
+    fn find_or_insert(&mut self, hash: u64, key: &[u8], owner: &[u8]) -> u32 {
         if let Some(index) = self.find(hash, key) {
             return index;
         }
         let index = match self.free_slots.pop() {
             Some(index) => {
-                let slot = &mut self.slots[index as usize];
-                slot.key = key.into();
-                slot.hash = hash;
+                self.slots[index as usize].reuse(key, owner, hash);
                 index
             }
             None => {
                 let index = u32::try_from(self.slots.len()).expect("more than u32::MAX slots");
-                self.slots.push(Slot {
-                    key: key.into(),
-                    hash,
-                    holder: None,
-                    last_token: 0,
-                    waiters: VecDeque::new(),
-                    logged_in: 0,
-                });
+                self.slots.push(Slot::new(key, owner, hash));
                 index
             }
         };
@@ -519,7 +481,7 @@ impl<R: ReplyTarget> LockTable<R> {
     /// decision about it waits to be durable (until then a read must find it, and wait).
     fn remove_if_unused(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
-        if slot.holder.is_some() || !slot.waiters.is_empty() || slot.logged_in > self.durable_seq {
+        if slot.held || slot.waiters != NO_QUEUE || slot.logged_in > self.durable_seq {
             return;
         }
         match self.index.find_entry(slot.hash, |&i| i == index) {
@@ -528,9 +490,7 @@ impl<R: ReplyTarget> LockTable<R> {
             }
             Err(_) => panic!("slot {index} is in use but not in the index"),
         }
-        slot.key = Box::default();
-        slot.last_token = 0;
-        slot.logged_in = 0;
+        slot.clear();
         self.free_slots.push(index);
     }
 
@@ -538,37 +498,41 @@ impl<R: ReplyTarget> LockTable<R> {
     /// (see the module doc), until the lock is held by a live lease or free with nobody
     /// waiting.
     fn settle(&mut self, index: u32, now: Moment, out: &mut Output<R>) {
-        loop {
-            let slot = &mut self.slots[index as usize];
-            match &slot.holder {
-                Some(holder) if holder.expires_at <= now => {}
-                _ => break,
-            }
-            let expired = slot.holder.take().expect("matched Some");
+        while let Some(expired) = self.slots[index as usize]
+            .holder()
+            .filter(|holder| holder.expires_at <= now)
+        {
+            let Holder {
+                token,
+                expires_at,
+                durability,
+                ..
+            } = expired;
+            self.slots[index as usize].release();
             // Absent when the lease timer itself is what fired.
-            self.timers.remove_lease_if_armed(index, expired.expires_at);
+            self.timers.remove_lease_if_armed(index, expires_at);
             self.stats.locks_held -= 1;
             self.stats.expiries_total += 1;
-            if expired.durability == Durability::Persistent {
+            if durability == Durability::Persistent {
                 // Logged like a release: otherwise a restart would bring this grant back
                 // over whatever came after it (an ephemeral grant with a larger token, say)
                 // and hold the lock for a whole lease.
-                let key = Bytes::copy_from_slice(&self.slots[index as usize].key);
-                let token = expired.token;
+                let key = Bytes::copy_from_slice(self.slots[index as usize].key());
                 self.log(index, Command::Release { key, token }, out);
             }
-            self.hand_off(index, expired.expires_at, Some(&expired), out);
+            self.hand_off(index, expires_at, out);
         }
         let slot = &self.slots[index as usize];
-        debug_assert!(slot.holder.is_some() || slot.waiters.is_empty());
+        debug_assert!(slot.held || slot.waiters == NO_QUEUE);
     }
 
     /// Grants a lock that came free at `at` to the first waiter that is still there and
-    /// was still waiting at `at`; waiters whose time ran out get BUSY naming `previous`,
-    /// the holder that just left.
-    fn hand_off(&mut self, index: u32, at: Moment, previous: Option<&Holder>, out: &mut Output<R>) {
-        while self.slots[index as usize].holder.is_none() {
-            let Some(waiter) = self.slots[index as usize].waiters.pop_front() else {
+    /// was still waiting at `at`; waiters whose time ran out get BUSY naming the holder
+    /// that just left (still in the slot as its last holder).
+    fn hand_off(&mut self, index: u32, at: Moment, out: &mut Output<R>) {
+        while !self.slots[index as usize].held {
+            let slot = &mut self.slots[index as usize];
+            let Some(waiter) = self.waiters.pop_front(&mut slot.waiters) else {
                 return;
             };
             self.timers.remove_waiter(waiter_timer(&waiter, index));
@@ -577,21 +541,14 @@ impl<R: ReplyTarget> LockTable<R> {
                 continue;
             }
             if waiter.deadline <= at {
-                let busy = match previous {
-                    Some(holder) => holder_info(holder, at),
-                    None => Busy {
-                        token: self.slots[index as usize].last_token,
-                        remaining_ms: 0,
-                        owner: Bytes::new(),
-                    },
-                };
+                let busy = holder_info(self.slots[index as usize].last_holder(), at);
                 self.stats.wait_timeouts_total += 1;
                 self.respond(out, index, waiter.reply, Response::Busy(busy));
                 continue;
             }
             let token = self.grant(
                 index,
-                waiter.owner,
+                &waiter.owner,
                 waiter.ttl_ms,
                 waiter.durability,
                 at,
@@ -610,38 +567,60 @@ impl<R: ReplyTarget> LockTable<R> {
     fn grant(
         &mut self,
         index: u32,
-        owner: Bytes,
+        owner: &[u8],
         ttl_ms: u64,
         durability: Durability,
         now: Moment,
         out: &mut Output<R>,
     ) -> u64 {
         let token = self.tokens.next_token();
-        let slot = &mut self.slots[index as usize];
-        debug_assert!(slot.holder.is_none());
+        let slot = &self.slots[index as usize];
+        debug_assert!(!slot.held);
         assert!(token > slot.last_token, "fencing token must grow per lock");
         let expires_at = now.after_ms(ttl_ms);
         if durability == Durability::Persistent {
             let command = Command::Grant {
-                key: Bytes::copy_from_slice(&slot.key),
-                owner: owner.clone(),
+                key: Bytes::copy_from_slice(slot.key()),
+                owner: Bytes::copy_from_slice(owner),
                 token,
                 ttl_ms,
             };
             self.log(index, command, out);
         }
         let slot = &mut self.slots[index as usize];
-        slot.holder = Some(Holder {
-            owner,
-            token,
-            expires_at,
-            durability,
-        });
+        slot.hold(owner, token, expires_at, durability);
         slot.last_token = token;
         self.timers.insert_lease(index, expires_at);
         self.stats.locks_held += 1;
         self.stats.grants_total += 1;
         token
+    }
+
+    /// A LOCK from the holder itself: same token, the lease reset to the request's ttl.
+    fn reenter(&mut self, index: u32, now: Moment, request: &Lock, reply: R, out: &mut Output<R>) {
+        let slot = &mut self.slots[index as usize];
+        let token = slot.token;
+        // Asking for a persistent lock you hold as ephemeral makes it persistent (logged as
+        // a grant with the same token); the other way keeps it persistent.
+        let upgrade = request.durability == Durability::Persistent
+            && slot.durability == Durability::Ephemeral;
+        if upgrade {
+            slot.durability = Durability::Persistent;
+        }
+        self.stats.reentries_total += 1;
+        self.set_lease_end(index, now.after_ms(request.ttl_ms));
+        if upgrade {
+            let command = Command::Grant {
+                key: Bytes::copy_from_slice(&request.key),
+                owner: Bytes::copy_from_slice(&request.owner),
+                token,
+                ttl_ms: request.ttl_ms,
+            };
+            self.log(index, command, out);
+        } else {
+            self.log_extend(index, request.ttl_ms, out);
+        }
+        self.respond(out, index, reply, acquired(token, request.ttl_ms, true));
     }
 
     /// Queues a reply about the lock in `index`: after the commit holding the last
@@ -668,10 +647,10 @@ impl<R: ReplyTarget> LockTable<R> {
     /// Logs a new lease of `ttl_ms` for a persistent holder of `index`.
     fn log_extend(&mut self, index: u32, ttl_ms: u64, out: &mut Output<R>) {
         let slot = &self.slots[index as usize];
-        let holder = slot.holder.as_ref().expect("extending a held lock");
+        let holder = slot.holder().expect("extending a held lock");
         if holder.durability == Durability::Persistent {
             let command = Command::Extend {
-                key: Bytes::copy_from_slice(&slot.key),
+                key: Bytes::copy_from_slice(slot.key()),
                 token: holder.token,
                 ttl_ms,
             };
@@ -681,11 +660,9 @@ impl<R: ReplyTarget> LockTable<R> {
 
     /// Moves the lease of the holder of `index` to end at `expires_at`.
     fn set_lease_end(&mut self, index: u32, expires_at: Moment) {
-        let holder = self.slots[index as usize]
-            .holder
-            .as_mut()
-            .expect("only a held lock has a lease");
-        let previous = std::mem::replace(&mut holder.expires_at, expires_at);
+        let slot = &mut self.slots[index as usize];
+        assert!(slot.held, "only a held lock has a lease");
+        let previous = std::mem::replace(&mut slot.expires_at, expires_at);
         self.timers.move_lease(index, previous, expires_at);
     }
 
@@ -707,7 +684,8 @@ impl<R: ReplyTarget> LockTable<R> {
             reply,
         };
         self.timers.insert_waiter(waiter_timer(&waiter, index));
-        self.slots[index as usize].waiters.push_back(waiter);
+        let slot = &mut self.slots[index as usize];
+        self.waiters.push_back(&mut slot.waiters, waiter);
         self.stats.waiters += 1;
     }
 
@@ -720,14 +698,12 @@ impl<R: ReplyTarget> LockTable<R> {
         } = timer;
         self.settle(index, deadline, out);
         let slot = &mut self.slots[index as usize];
-        let Some(position) = slot.waiters.iter().position(|waiter| waiter.id == id) else {
+        let Some(waiter) = self.waiters.remove(&mut slot.waiters, id) else {
             // Settling handed the lock on and answered it already.
             return;
         };
-        let waiter = slot.waiters.remove(position).expect("position is in range");
-        let holder = slot
-            .holder
-            .as_ref()
+        let holder = self.slots[index as usize]
+            .holder()
             .expect("a lock with waiters has a holder");
         let busy = holder_info(holder, deadline);
         self.waiter_left(waiter.reply.connection_id(), index);
@@ -774,22 +750,16 @@ impl<'a, R: ReplyTarget> Restorer<'a, R> {
         }
     }
 
-    fn hold(&mut self, key: &[u8], owner: &Bytes, token: u64, ttl_ms: u64) {
+    fn hold(&mut self, key: &[u8], owner: &[u8], token: u64, ttl_ms: u64) {
         self.token_max = self.token_max.max(token);
         let table = &mut *self.table;
-        let index = table.find_or_insert(super::key_hash(key), key);
-        if let Some(previous) = table.slots[index as usize].holder.take() {
-            table.timers.remove_lease(index, previous.expires_at);
-            table.stats.locks_held -= 1;
+        let index = table.find_or_insert(super::key_hash(key), key, owner);
+        if table.slots[index as usize].held {
+            table.release_for_replay(index);
         }
         let expires_at = self.now.after_ms(ttl_ms);
         let slot = &mut table.slots[index as usize];
-        slot.holder = Some(Holder {
-            owner: owner.clone(),
-            token,
-            expires_at,
-            durability: Durability::Persistent,
-        });
+        slot.hold(owner, token, expires_at, Durability::Persistent);
         slot.last_token = slot.last_token.max(token);
         table.timers.insert_lease(index, expires_at);
         table.stats.locks_held += 1;
@@ -798,7 +768,7 @@ impl<'a, R: ReplyTarget> Restorer<'a, R> {
     /// The slot of `key` if `token` is its current grant.
     fn current(&self, key: &[u8], token: u64) -> Option<u32> {
         let index = self.table.find(super::key_hash(key), key)?;
-        let holder = self.table.slots[index as usize].holder.as_ref()?;
+        let holder = self.table.slots[index as usize].holder()?;
         (holder.token == token).then_some(index)
     }
 }
@@ -820,11 +790,8 @@ impl<R: ReplyTarget> Replay for Restorer<'_, R> {
             } => self.hold(key, owner, *token, *ttl_ms),
             Command::Release { key, token } => {
                 if let Some(index) = self.current(key, *token) {
-                    let table = &mut *self.table;
-                    let released = table.slots[index as usize].holder.take().expect("current");
-                    table.timers.remove_lease(index, released.expires_at);
-                    table.stats.locks_held -= 1;
-                    table.remove_if_unused(index);
+                    self.table.release_for_replay(index);
+                    self.table.remove_if_unused(index);
                 }
             }
             Command::Extend { key, token, ttl_ms } => {
@@ -836,10 +803,13 @@ impl<R: ReplyTarget> Replay for Restorer<'_, R> {
     }
 }
 
-impl Holder {
-    /// Whether a request naming `owner` (and `token`, if given) speaks for this grant.
-    fn matches(&self, owner: &[u8], token: Option<u64>) -> bool {
-        self.owner == owner && token.is_none_or(|token| token == self.token)
+impl<R: ReplyTarget> LockTable<R> {
+    /// Ends the grant in `index` while the log is replayed: no reply, no hand-off, no log.
+    fn release_for_replay(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        slot.release();
+        self.timers.remove_lease(index, slot.expires_at);
+        self.stats.locks_held -= 1;
     }
 }
 
@@ -851,15 +821,15 @@ fn waiter_timer<R>(waiter: &Waiter<R>, slot: u32) -> WaiterTimer {
     }
 }
 
-fn remaining_ms(holder: &Holder, now: Moment) -> u64 {
+fn remaining_ms(holder: Holder<'_>, now: Moment) -> u64 {
     holder.expires_at.milliseconds_since(now)
 }
 
-fn holder_info(holder: &Holder, now: Moment) -> Busy {
+fn holder_info(holder: Holder<'_>, now: Moment) -> Busy {
     Busy {
         token: holder.token,
         remaining_ms: remaining_ms(holder, now),
-        owner: holder.owner.clone(),
+        owner: Bytes::copy_from_slice(holder.owner),
     }
 }
 

@@ -738,11 +738,11 @@ fn holder_of(
     now: Instant,
 ) -> Option<(Bytes, u64, Durability, Duration)> {
     let index = table.find(hash(key), key.as_bytes())?;
-    let holder = table.slots[index as usize].holder.as_ref()?;
+    let holder = table.slots[index as usize].holder()?;
     let expires_at = table.clock.instant(holder.expires_at);
     (expires_at > now).then(|| {
         (
-            holder.owner.clone(),
+            Bytes::copy_from_slice(holder.owner),
             holder.token,
             holder.durability,
             expires_at - now,
