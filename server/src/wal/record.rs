@@ -148,7 +148,9 @@ impl Record {
     }
 }
 
-fn encode_command(command: &Command, dst: &mut Vec<u8>) {
+/// Appends the encoding of `command` (`kind u8 | fields`, above) to `dst`. Shared with the
+/// peer protocol, whose append messages carry the same commands.
+pub(crate) fn encode_command(command: &Command, dst: &mut Vec<u8>) {
     match command {
         Command::Grant {
             key,
@@ -208,30 +210,40 @@ impl Cursor<'_> {
     }
 }
 
+/// Decodes one command (`kind u8 | fields`) from the front of `src` and advances `src`
+/// past it; `None` if `src` does not start with a whole command. Shared with the peer
+/// protocol.
+pub(crate) fn decode_command(src: &mut &[u8]) -> Option<Command> {
+    let mut cursor = Cursor(src);
+    let command = match cursor.u8()? {
+        KIND_GRANT => Command::Grant {
+            token: cursor.u64()?,
+            ttl_ms: cursor.u64()?,
+            key: cursor.bytes16()?,
+            owner: cursor.bytes16()?,
+        },
+        KIND_RELEASE => Command::Release {
+            token: cursor.u64()?,
+            key: cursor.bytes16()?,
+        },
+        KIND_EXTEND => Command::Extend {
+            token: cursor.u64()?,
+            ttl_ms: cursor.u64()?,
+            key: cursor.bytes16()?,
+        },
+        _ => return None,
+    };
+    *src = cursor.0;
+    Some(command)
+}
+
 fn decode_body(body: &[u8]) -> Option<Record> {
     let mut cursor = Cursor(body);
     let record = match cursor.u8()? {
         TYPE_ENTRY => {
             let index = cursor.u64()?;
             let term = cursor.u64()?;
-            let command = match cursor.u8()? {
-                KIND_GRANT => Command::Grant {
-                    token: cursor.u64()?,
-                    ttl_ms: cursor.u64()?,
-                    key: cursor.bytes16()?,
-                    owner: cursor.bytes16()?,
-                },
-                KIND_RELEASE => Command::Release {
-                    token: cursor.u64()?,
-                    key: cursor.bytes16()?,
-                },
-                KIND_EXTEND => Command::Extend {
-                    token: cursor.u64()?,
-                    ttl_ms: cursor.u64()?,
-                    key: cursor.bytes16()?,
-                },
-                _ => return None,
-            };
+            let command = decode_command(&mut cursor.0)?;
             Record::Entry(Entry {
                 index,
                 term,
