@@ -14,6 +14,7 @@ pub mod command;
 pub mod config;
 pub mod data_dir;
 pub mod net;
+pub mod peer;
 pub mod raft;
 pub mod server;
 pub mod shard;

@@ -1,0 +1,189 @@
+//! The handshake: who a peer is, and whether it belongs to this cluster.
+//!
+//! ```text
+//! HANDSHAKE and HANDSHAKE_ACCEPTED body
+//! offset size field
+//!      0    8 magic        "KAHUPEER" (4b 41 48 55 50 45 45 52)
+//!      8    2 version      u16, the peer protocol version: 1
+//!     10    2 shard_count  u16, shards (Raft groups) per node, fixed at cluster creation
+//!     12    8 node_id      u64, the sender's node id, never 0
+//!     20   16 cluster_id   u128, chosen when the cluster was created
+//!     36    - (later versions may append fields; this version ignores them)
+//!
+//! HANDSHAKE_REFUSED body
+//!      0    2 reason_len   u16, at most refusal_reason_bytes_max (1024)
+//!      2    n reason       UTF-8, for the refused node's log
+//! ```
+//!
+//! Little-endian. The first 36 bytes keep this layout in every version, so two nodes of
+//! different versions can always read each other's handshake and say which versions
+//! differ. Version 1 accepts only version 1.
+//!
+//! The rules ([`Handshake::check`], in this order): the versions are equal; the cluster ids
+//! are equal (a node created for another cluster, or wiped and re-created, must not vote
+//! here); the shard counts are equal (keys are placed on shards by hash, so two counts
+//! would disagree on which group owns a key); the peer's node id is not 0 and not this
+//! node's own (a misconfigured address list, or two nodes given one id).
+
+use bytes::{BufMut, BytesMut};
+
+use super::reader::Reader;
+use super::PeerError;
+use crate::raft::NodeId;
+
+/// The peer protocol version this build speaks.
+pub const PEER_PROTOCOL_VERSION: u16 = 1;
+/// First bytes of every handshake body.
+pub const HANDSHAKE_MAGIC: &[u8; 8] = b"KAHUPEER";
+/// Bytes of a version 1 handshake body.
+pub const HANDSHAKE_BYTES: usize = 36;
+/// Longest refusal reason; longer ones are cut at a character boundary.
+pub const REFUSAL_REASON_BYTES_MAX: usize = 1024;
+
+/// What a node says about itself when a peer connection opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub version: u16,
+    pub cluster_id: u128,
+    pub shard_count: u16,
+    pub node_id: NodeId,
+}
+
+/// Why a peer is refused. Each message names both nodes and both values, so it reads the
+/// same in either node's log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error(
+        "peer protocol version differs: node {remote_node} speaks version {remote}, \
+         node {local_node} version {local}; upgrade the older node"
+    )]
+    Version {
+        local_node: NodeId,
+        local: u16,
+        remote_node: NodeId,
+        remote: u16,
+    },
+    #[error(
+        "cluster id differs: node {remote_node} belongs to cluster {remote:032x}, node \
+         {local_node} to cluster {local:032x}; a node only joins the cluster it was created for"
+    )]
+    ClusterId {
+        local_node: NodeId,
+        local: u128,
+        remote_node: NodeId,
+        remote: u128,
+    },
+    #[error(
+        "shard count differs: node {remote_node} has {remote} shards, node {local_node} has \
+         {local}; the shard count is fixed when a cluster is created and must match on every node"
+    )]
+    ShardCount {
+        local_node: NodeId,
+        local: u16,
+        remote_node: NodeId,
+        remote: u16,
+    },
+    #[error("the peer says it is node 0, which names no node")]
+    NodeIdZero,
+    #[error(
+        "the peer says it is node {0}, this node's own id: two nodes share an id, or this node \
+         connected to itself"
+    )]
+    OwnNodeId(NodeId),
+    #[error("refused by the peer: {reason}")]
+    Refused { reason: String },
+}
+
+impl Handshake {
+    /// This node's handshake, in this build's protocol version.
+    pub fn new(cluster_id: u128, shard_count: u16, node_id: NodeId) -> Handshake {
+        assert!(node_id != 0, "node id 0 is reserved");
+        assert!(shard_count >= 1, "a cluster has at least one shard");
+        Handshake {
+            version: PEER_PROTOCOL_VERSION,
+            cluster_id,
+            shard_count,
+            node_id,
+        }
+    }
+
+    /// Checks a peer's handshake (`remote`) against this node's (`self`); used by the
+    /// accepting node on HANDSHAKE and by the connecting node on HANDSHAKE_ACCEPTED.
+    pub fn check(&self, remote: &Handshake) -> Result<(), HandshakeError> {
+        let (local_node, remote_node) = (self.node_id, remote.node_id);
+        if remote.version != self.version {
+            return Err(HandshakeError::Version {
+                local_node,
+                local: self.version,
+                remote_node,
+                remote: remote.version,
+            });
+        }
+        if remote.cluster_id != self.cluster_id {
+            return Err(HandshakeError::ClusterId {
+                local_node,
+                local: self.cluster_id,
+                remote_node,
+                remote: remote.cluster_id,
+            });
+        }
+        if remote.shard_count != self.shard_count {
+            return Err(HandshakeError::ShardCount {
+                local_node,
+                local: self.shard_count,
+                remote_node,
+                remote: remote.shard_count,
+            });
+        }
+        if remote_node == 0 {
+            return Err(HandshakeError::NodeIdZero);
+        }
+        if remote_node == local_node {
+            return Err(HandshakeError::OwnNodeId(remote_node));
+        }
+        Ok(())
+    }
+
+    pub(super) fn encode(&self, dst: &mut BytesMut) {
+        dst.put_slice(HANDSHAKE_MAGIC);
+        dst.put_u16_le(self.version);
+        dst.put_u16_le(self.shard_count);
+        dst.put_u64_le(self.node_id);
+        dst.put_u128_le(self.cluster_id);
+    }
+
+    /// Reads the first [`HANDSHAKE_BYTES`] of a body; bytes after them are a later
+    /// version's fields and are ignored.
+    pub(super) fn decode(reader: &mut Reader) -> Result<Handshake, PeerError> {
+        if reader.bytes(HANDSHAKE_MAGIC.len(), "magic")?[..] != HANDSHAKE_MAGIC[..] {
+            return Err(reader.malformed("the handshake does not start with \"KAHUPEER\""));
+        }
+        Ok(Handshake {
+            version: reader.u16("version")?,
+            shard_count: reader.u16("shard_count")?,
+            node_id: reader.u64("node_id")?,
+            cluster_id: reader.u128("cluster_id")?,
+        })
+    }
+}
+
+/// Writes a HANDSHAKE_REFUSED body, cutting `reason` to [`REFUSAL_REASON_BYTES_MAX`].
+pub(super) fn encode_refusal(reason: &str, dst: &mut BytesMut) {
+    let mut length = reason.len().min(REFUSAL_REASON_BYTES_MAX);
+    while !reason.is_char_boundary(length) {
+        length -= 1;
+    }
+    dst.put_u16_le(length as u16);
+    dst.put_slice(&reason.as_bytes()[..length]);
+}
+
+pub(super) fn decode_refusal(reader: &mut Reader) -> Result<String, PeerError> {
+    let length = reader.u16("reason_len")? as usize;
+    if length > REFUSAL_REASON_BYTES_MAX {
+        return Err(reader.malformed(format!(
+            "reason of {length} bytes exceeds refusal_reason_bytes_max ({REFUSAL_REASON_BYTES_MAX})"
+        )));
+    }
+    let reason = reader.bytes(length, "reason")?;
+    String::from_utf8(reason.to_vec()).map_err(|_| reader.malformed("the reason is not UTF-8"))
+}

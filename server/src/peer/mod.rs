@@ -1,0 +1,103 @@
+//! The peer protocol: how kahu nodes carry Raft traffic to each other, as bytes.
+//!
+//! What: the frames one node sends another over its own TCP connection (the peer port,
+//! apart from the client port): a handshake that proves both ends belong to the same
+//! cluster, then batches of Raft messages, each tagged with the shard (Raft group) it is
+//! for. Pure byte code, like [`kahu_protocol`]'s codecs: [`PeerCodec`] works on buffers and
+//! a later connection task wraps it in `Framed<TcpStream, PeerCodec>`.
+//!
+//! Why batches: a shard worker drains its queue and produces one round of messages per
+//! loop turn; a node runs many shards, and their messages to one peer go out as one frame
+//! with one checksum and one write, not one per shard.
+//!
+//! # Frame (little-endian), see [`frame`]
+//! ```text
+//! offset size field
+//!      0    1 magic          0xCD (client frames start 0xCB)
+//!      1    1 kind           0x01 HANDSHAKE, 0x02 HANDSHAKE_ACCEPTED, 0x03 HANDSHAKE_REFUSED,
+//!                            0x04 BATCH
+//!      2    2 reserved       0; a frame with any other value is refused
+//!      4    4 body_len       u32, bytes after the header
+//!      8    4 body_crc32c    CRC-32C (Castagnoli) of the body
+//!     12    4 header_crc32c  CRC-32C of bytes 0..12
+//!     16    - body           body_len bytes, per kind
+//! ```
+//! `16 + body_len` must not exceed [`PEER_FRAME_BYTES_MAX`]. The header has its own
+//! checksum so a damaged `body_len` is caught at once, before the decoder waits for (or
+//! reserves room for) a body that was never sent.
+//!
+//! # Bodies
+//! ```text
+//! HANDSHAKE, HANDSHAKE_ACCEPTED  see [`handshake`]: magic "KAHUPEER" | version u16 |
+//!                                shard_count u16 | node_id u64 | cluster_id u128
+//! HANDSHAKE_REFUSED              reason_len u16 | reason (UTF-8)
+//! BATCH                          count u32 | count x (shard u16 | message)
+//! message                        see [`message`]: from u64 | to u64 | term u64 | type u8 | fields
+//! ```
+//!
+//! # Handshake rules
+//! The connecting node sends HANDSHAKE first and nothing else until it has the answer. The
+//! accepting node checks it with [`Handshake::check`]: same protocol version, same cluster
+//! id, same shard count, a node id that is neither 0 nor its own. It answers
+//! HANDSHAKE_ACCEPTED with its own identity, or HANDSHAKE_REFUSED with the reason and
+//! closes. The connecting node checks the accepted identity the same way. Only then do
+//! BATCH frames flow, in both directions.
+//!
+//! # Invariants
+//! - Decoding never panics and never allocates more than the frame's checked length:
+//!   `body_len` is checked against [`PEER_FRAME_BYTES_MAX`] from the header alone, and
+//!   every count inside a body against the bytes left before a vector is reserved.
+//! - Partial input is `Ok(None)`; anything that is not a well-formed frame is an error, and
+//!   the connection cannot be trusted past it (no resynchronisation on a peer link).
+//! - A BATCH body is read exactly: trailing bytes are an error, since both ends agreed the
+//!   version. A handshake body may have trailing bytes, so a later version can append
+//!   fields while keeping the first 36 bytes readable by every version.
+
+pub mod codec;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+mod reader;
+
+#[cfg(test)]
+mod tests;
+
+pub use codec::PeerCodec;
+pub use frame::{FrameKind, PeerFrame, PEER_FRAME_BYTES_MAX, PEER_HEADER_BYTES, PEER_MAGIC};
+pub use handshake::{Handshake, HandshakeError, PEER_PROTOCOL_VERSION, REFUSAL_REASON_BYTES_MAX};
+pub use message::{decode_message, encode_message, ShardId, ShardMessage};
+
+/// Why bytes from a peer are not a frame. Every variant but [`PeerError::Io`] means the
+/// peer sent something this node cannot trust; the connection should be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "not a peer frame: first byte {0:#04x}, expected {PEER_MAGIC:#04x}{hint}",
+        hint = if *.0 == kahu_protocol::frame::MAGIC {
+            " (0xCB starts a client frame: is a client connected to the peer port?)"
+        } else {
+            ""
+        }
+    )]
+    BadMagic(u8),
+    #[error("peer frame header checksum mismatch: the header is damaged")]
+    HeaderChecksum,
+    #[error("peer {kind} frame body checksum mismatch: the body is damaged")]
+    BodyChecksum { kind: &'static str },
+    #[error("unknown peer frame kind {0:#04x}")]
+    UnknownKind(u8),
+    #[error("peer frame reserved header bytes are {0:#06x}, must be 0")]
+    Reserved(u16),
+    #[error("peer frame of {length} bytes exceeds peer_frame_bytes_max ({max} bytes)")]
+    FrameTooLarge { length: usize, max: usize },
+    #[error("malformed peer {kind} frame at body byte {offset}: {detail}")]
+    Malformed {
+        kind: &'static str,
+        offset: usize,
+        detail: String,
+    },
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+}

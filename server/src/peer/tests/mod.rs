@@ -1,0 +1,195 @@
+//! Peer codec tests on plain bytes: round trips of every message and frame, every split and
+//! truncation point, flipped bits, lengths and counts past what the bytes can hold, the
+//! handshake rules, and the byte format pinned by a hex dump (also the one in PROTOCOL.md).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use proptest::prelude::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::*;
+use crate::raft::{Entry, EntryKind, Membership, Message, MessageBody, Snapshot, SnapshotMeta};
+use crate::wal::record::Command;
+
+mod format;
+mod handshake;
+mod limits;
+mod properties;
+
+// ---- strategies ----------------------------------------------------------------------------
+
+fn bytes_strategy(length_max: usize) -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..=length_max).prop_map(Bytes::from)
+}
+
+fn command_strategy() -> impl Strategy<Value = Command> {
+    let key = || bytes_strategy(64);
+    prop_oneof![
+        (key(), key(), any::<u64>(), any::<u64>()).prop_map(|(key, owner, token, ttl_ms)| {
+            Command::Grant {
+                key,
+                owner,
+                token,
+                ttl_ms,
+            }
+        }),
+        (key(), any::<u64>()).prop_map(|(key, token)| Command::Release { key, token }),
+        (key(), any::<u64>(), any::<u64>()).prop_map(|(key, token, ttl_ms)| Command::Extend {
+            key,
+            token,
+            ttl_ms
+        }),
+    ]
+}
+
+fn membership_strategy() -> impl Strategy<Value = Membership> {
+    proptest::collection::btree_set(1..u64::MAX, 0..6).prop_map(Membership::new)
+}
+
+fn entry_strategy() -> impl Strategy<Value = Entry<Command>> {
+    let kind = prop_oneof![
+        Just(EntryKind::Noop),
+        command_strategy().prop_map(EntryKind::Command),
+        membership_strategy().prop_map(EntryKind::Membership),
+    ];
+    (any::<u64>(), any::<u64>(), kind).prop_map(|(index, term, kind)| Entry { index, term, kind })
+}
+
+fn body_strategy() -> impl Strategy<Value = MessageBody<Command>> {
+    let u64 = any::<u64>;
+    prop_oneof![
+        (u64(), u64()).prop_map(|(last_log_index, last_log_term)| MessageBody::PreVote {
+            last_log_index,
+            last_log_term
+        }),
+        any::<bool>().prop_map(|granted| MessageBody::PreVoteResponse { granted }),
+        (u64(), u64(), any::<bool>()).prop_map(|(last_log_index, last_log_term, transfer)| {
+            MessageBody::Vote {
+                last_log_index,
+                last_log_term,
+                transfer,
+            }
+        }),
+        any::<bool>().prop_map(|granted| MessageBody::VoteResponse { granted }),
+        (
+            u64(),
+            u64(),
+            proptest::collection::vec(entry_strategy(), 0..8),
+            u64()
+        )
+            .prop_map(
+                |(prev_index, prev_term, entries, commit)| MessageBody::Append {
+                    prev_index,
+                    prev_term,
+                    entries,
+                    commit,
+                }
+            ),
+        (any::<bool>(), u64(), u64(), u64()).prop_map(|(success, index, hint_index, hint_term)| {
+            MessageBody::AppendResponse {
+                success,
+                index,
+                hint_index,
+                hint_term,
+            }
+        }),
+        (u64(), u64()).prop_map(|(commit, context)| MessageBody::Heartbeat { commit, context }),
+        u64().prop_map(|context| MessageBody::HeartbeatResponse { context }),
+        (u64(), u64(), membership_strategy(), bytes_strategy(512)).prop_map(
+            |(index, term, membership, data)| MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta {
+                        index,
+                        term,
+                        membership,
+                    },
+                    data,
+                },
+            }
+        ),
+        Just(MessageBody::TimeoutNow),
+    ]
+}
+
+fn message_strategy() -> impl Strategy<Value = Message<Command>> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), body_strategy()).prop_map(
+        |(from, to, term, body)| Message {
+            from,
+            to,
+            term,
+            body,
+        },
+    )
+}
+
+fn batch_strategy() -> impl Strategy<Value = PeerFrame> {
+    let shard_message = (any::<u16>(), message_strategy())
+        .prop_map(|(shard, message)| ShardMessage { shard, message });
+    proptest::collection::vec(shard_message, 1..6).prop_map(PeerFrame::Batch)
+}
+
+fn handshake_strategy() -> impl Strategy<Value = Handshake> {
+    (any::<u16>(), any::<u128>(), any::<u16>(), any::<u64>()).prop_map(
+        |(version, cluster_id, shard_count, node_id)| Handshake {
+            version,
+            cluster_id,
+            shard_count,
+            node_id,
+        },
+    )
+}
+
+fn frame_strategy() -> impl Strategy<Value = PeerFrame> {
+    prop_oneof![
+        handshake_strategy().prop_map(PeerFrame::Handshake),
+        handshake_strategy().prop_map(PeerFrame::HandshakeAccepted),
+        "\\PC{0,80}".prop_map(PeerFrame::HandshakeRefused),
+        batch_strategy(),
+        batch_strategy(),
+    ]
+}
+
+// ---- helpers -------------------------------------------------------------------------------
+
+/// The cluster of the examples (also in PROTOCOL.md).
+const CLUSTER: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+
+fn encode(frame: &PeerFrame) -> BytesMut {
+    let mut bytes = BytesMut::new();
+    PeerCodec::default().encode(frame, &mut bytes).unwrap();
+    bytes
+}
+
+fn decode_one(bytes: &[u8]) -> Result<Option<PeerFrame>, PeerError> {
+    PeerCodec::default().decode(&mut BytesMut::from(bytes))
+}
+
+/// A frame with a correct header and checksums around any body, to reach the body decoder.
+fn frame_around(kind: FrameKind, body: &[u8]) -> BytesMut {
+    let mut bytes = BytesMut::new();
+    bytes.put_u8(PEER_MAGIC);
+    bytes.put_u8(kind as u8);
+    bytes.put_u16_le(0);
+    bytes.put_u32_le(body.len() as u32);
+    bytes.put_u32_le(crc32c::crc32c(body));
+    let header_crc = crc32c::crc32c(&bytes[..12]);
+    bytes.put_u32_le(header_crc);
+    bytes.put_slice(body);
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let pairs: Vec<String> = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    pairs.join(" ")
+}
+
+fn heartbeat(shard: ShardId, from: u64, to: u64, term: u64, commit: u64) -> ShardMessage {
+    ShardMessage {
+        shard,
+        message: Message {
+            from,
+            to,
+            term,
+            body: MessageBody::Heartbeat { commit, context: 0 },
+        },
+    }
+}
