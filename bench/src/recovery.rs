@@ -49,7 +49,7 @@ pub fn run(locks: u64, server: &Path, json: bool) -> Result<(), Box<dyn std::err
         &mut Nothing,
     )?;
     for number in 0..locks {
-        wal.append(
+        wal.append_command(
             1,
             Command::Grant {
                 key: Bytes::from(format!("recovery-lock-{number}")),

@@ -101,7 +101,7 @@ impl Grants {
             Record::Entry(Entry {
                 index,
                 term: TERM,
-                command,
+                kind: kahu_server::raft::EntryKind::Command(command),
             })
             .encode(buffer);
         }
@@ -232,7 +232,7 @@ impl WalLog {
             &mut NoReplay,
         )
         .map_err(io::Error::other)?;
-        wal.append(TERM, self.grants.next_command());
+        wal.append_command(TERM, self.grants.next_command());
         wal.commit().map_err(io::Error::other)?;
         self.tail_bytes = self.record_bytes;
         self.wal = Some(wal);
@@ -244,7 +244,7 @@ impl DurableLog for WalLog {
     fn commit(&mut self, batch: usize) -> io::Result<()> {
         let wal = self.wal.as_mut().expect("an open log");
         for _ in 0..batch {
-            wal.append(TERM, self.grants.next_command());
+            wal.append_command(TERM, self.grants.next_command());
         }
         wal.commit().map_err(io::Error::other)?;
         self.tail_bytes += batch as u64 * self.record_bytes;

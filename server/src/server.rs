@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::net;
-use crate::shard::{ShardSet, ShardSettings, StartError};
+use crate::shard::{RaftTiming, ShardSet, ShardSettings, StartError};
 use crate::wal::storage::{FileStorage, Storage};
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +110,8 @@ impl Server {
         let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
         let settings = ShardSettings {
             count: data_dir.shard_count(config.shards, config.shard_count())?,
+            node: 1,
+            raft: RaftTiming::default(),
             waiters_per_lock_max: config.waiters_per_lock_max,
             wal: config.wal_options(),
             storage: storage.unwrap_or_else(|| Arc::new(FileStorage)),

@@ -211,6 +211,31 @@ impl<C: Payload> Raft<C> {
         &self.memberships.last().expect("a membership").1
     }
 
+    /// The entry at `index`, if the log holds it (not compacted, not beyond the end).
+    pub fn log_entry(&self, index: u64) -> Option<&Entry<C>> {
+        self.log.entry(index)
+    }
+
+    /// The term of the entry at `index`, if known (the snapshot's last included).
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        self.log.term(index)
+    }
+
+    /// The node leadership is being transferred to, if a transfer is under way.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer_target
+    }
+
+    /// Gives up leadership at once; the node stays a voter and can be elected again, in a
+    /// later term (a leader whose fencing-token counter for its term runs out does this).
+    pub fn step_down(&mut self) {
+        self.assert_not_in_ready();
+        if self.role == Role::Leader {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+
     /// The membership in force at `index` (for a snapshot taken there).
     pub fn membership_at(&self, index: u64) -> &Membership {
         let position = self

@@ -3,15 +3,19 @@
 //! A connection computes the key's hash once (xxh3, stable across versions and machines, so
 //! the mapping can later be stored with a cluster), picks the shard from its high bits, and
 //! sends the request down that shard's lock-free queue (crossbeam). The worker owns its
-//! [`table::LockTable`] alone, so no lock guards lock state. Replies go back through the
-//! connection's own channel, in whatever order the shards answer.
+//! [`table::LockTable`], its Raft group member and its log alone, so no lock guards lock
+//! state. Replies go back through the connection's own channel, in whatever order the
+//! shards answer. Raft traffic from peer nodes arrives on the same queue.
 
 pub mod clock;
 mod lease_heap;
+mod replica;
 pub mod table;
 pub mod timers;
 pub mod tokens;
 mod worker;
+
+pub use replica::RaftTiming;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,10 +27,12 @@ use kahu_protocol::{Request, Response};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::data_dir::DataDir;
+use crate::raft::{self, Membership, NodeId};
+use crate::wal::record::Command;
 use crate::wal::storage::Storage;
-use crate::wal::{Wal, WalError, WalOptions};
+use crate::wal::{raft_state, Wal, WalError, WalOptions};
+use replica::{LogContents, Replica, ReplicaParts};
 use table::{ReplyTarget, TableStats};
-use tokens::TokenSource;
 
 /// Where a shard sends the reply to one request.
 #[derive(Debug)]
@@ -54,6 +60,8 @@ impl ReplyTo {
 }
 
 #[derive(Debug)]
+// `Peer` and `PeerUnreachable` come from the peer connections of a cluster.
+#[allow(dead_code)]
 pub(crate) enum ShardMessage {
     /// A keyed request (LOCK, UNLOCK, EXTEND, GET) with the key's hash.
     Request {
@@ -66,6 +74,36 @@ pub(crate) enum ShardMessage {
     ConnectionClosed(u64),
     /// The server is stopping: answer every waiter, now and from now on, with SHUTTING_DOWN.
     Shutdown,
+    /// A Raft message from a peer node, for this shard's group.
+    Peer(raft::Message<Command>),
+    /// The connection to a peer node failed: what was in flight to it may be lost.
+    PeerUnreachable(NodeId),
+}
+
+/// Where a shard's Raft messages go: the peer connections of a cluster, batched per node.
+pub trait PeerOutbox: Send + Sync + std::fmt::Debug {
+    /// Queues messages of `shard`'s group for their destination nodes.
+    fn send(&self, shard: usize, messages: Vec<raft::Message<Command>>);
+    /// The client address of `node`, for NOT_LEADER hints.
+    fn client_address(&self, node: NodeId) -> Option<String>;
+}
+
+/// A single node: its one-voter groups never send anything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPeers;
+
+impl PeerOutbox for NoPeers {
+    fn send(&self, shard: usize, messages: Vec<raft::Message<Command>>) {
+        assert!(
+            messages.is_empty(),
+            "shard {shard}: a one-voter group sent {} messages",
+            messages.len()
+        );
+    }
+
+    fn client_address(&self, _node: NodeId) -> Option<String> {
+        None
+    }
 }
 
 /// A shard's counters, written by its worker once per turn and read by INFO.
@@ -130,6 +168,8 @@ impl ShardStats {
 pub struct ShardSet {
     senders: Vec<Sender<ShardMessage>>,
     stats: Vec<Arc<ShardStats>>,
+    /// Held while the shards run: its file lock keeps other servers out of the directory.
+    _data_dir: Arc<DataDir>,
 }
 
 /// Hashes a key for routing and for the shard's own index.
@@ -157,9 +197,7 @@ impl ShardSet {
                     let data_dir = &data_dir;
                     std::thread::Builder::new()
                         .name(format!("kahu-recover-{shard}"))
-                        .spawn_scoped(scope, move || {
-                            recover_shard(shard, data_dir, settings, started)
-                        })
+                        .spawn_scoped(scope, move || recover_shard(shard, data_dir, settings))
                         .map_err(StartError::Thread)
                 })
                 .collect();
@@ -169,7 +207,7 @@ impl ShardSet {
                 .collect::<Result<Vec<_>, StartError>>()
         })?;
         // Above every token the logs hold, and every term they were written in (tokens of
-        // locks released and compacted away are covered by their term).
+        // locks released and compacted away are covered by their term) or voted in.
         let token_max = recovered
             .iter()
             .map(|shard| shard.token_max)
@@ -177,40 +215,49 @@ impl ShardSet {
             .unwrap_or(0);
         let term_max = recovered
             .iter()
-            .map(|shard| shard.wal.last_term())
+            .map(|shard| shard.wal.last_term().max(shard.stored.term))
             .max()
             .unwrap_or(0);
         let floor = ((token_max >> tokens::COUNTER_BITS) + 1).max(term_max + 1);
         let epoch = data_dir.next_epoch_at_least(floor)?;
         tracing::info!(
             shards = settings.count,
-            persistent_locks = recovered
-                .iter()
-                .map(|shard| shard.table.stats().locks_held)
-                .sum::<u64>(),
             entries = recovered
                 .iter()
-                .map(|shard| shard.wal.durable_index())
-                .sum::<u64>(),
+                .map(|shard| shard.contents.entries.len())
+                .sum::<usize>(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             epoch,
-            "recovered the write-ahead logs"
+            "read the write-ahead logs"
         );
 
         let mut senders = Vec::with_capacity(settings.count);
         let mut stats = Vec::with_capacity(settings.count);
         let mut handles = Vec::with_capacity(settings.count);
-        for (id, mut shard) in recovered.into_iter().enumerate() {
-            shard.table.set_tokens(TokenSource::new(epoch));
+        for (id, shard) in recovered.into_iter().enumerate() {
             let (sender, receiver) = crossbeam_channel::unbounded();
             let shard_stats = Arc::new(ShardStats::default());
-            let worker = worker::ShardWorker::new(
-                receiver,
-                shard.table,
-                shard.wal,
-                shard_stats.clone(),
-                data_dir.clone(),
-            );
+            let mut replica = Replica::new(ReplicaParts {
+                shard: id,
+                node: settings.node,
+                founding: Membership::new([settings.node]),
+                wal: shard.wal,
+                contents: shard.contents,
+                storage: settings.storage.clone(),
+                dir: data_dir.shard_path(id),
+                stored: shard.stored,
+                // A single node leads in the epoch of this run (its election adds one).
+                term_floor: epoch - 1,
+                waiters_per_lock_max: settings.waiters_per_lock_max,
+                stats: shard_stats.clone(),
+                peers: Arc::new(NoPeers),
+                timing: settings.raft,
+                seed: epoch ^ ((id as u64) << 32),
+            })
+            .map_err(StartError::Raft)?;
+            // A single node elects itself here, so the server serves once it is started.
+            replica.start(Instant::now(), &mut table::Output::default());
+            let worker = worker::ShardWorker::new(receiver, replica);
             let handle = std::thread::Builder::new()
                 .name(format!("kahu-shard-{id}"))
                 .spawn(move || run_or_abort(id, worker))
@@ -219,7 +266,12 @@ impl ShardSet {
             stats.push(shard_stats);
             handles.push(handle);
         }
-        Ok((ShardSet { senders, stats }, handles, epoch))
+        let shard_set = ShardSet {
+            senders,
+            stats,
+            _data_dir: data_dir,
+        };
+        Ok((shard_set, handles, epoch))
     }
 
     pub fn len(&self) -> usize {
@@ -282,6 +334,9 @@ impl ShardSet {
 #[derive(Debug, Clone)]
 pub struct ShardSettings {
     pub count: usize,
+    /// This node's id in its Raft groups.
+    pub node: NodeId,
+    pub raft: RaftTiming,
     pub waiters_per_lock_max: usize,
     pub wal: WalOptions,
     pub storage: Arc<dyn Storage>,
@@ -295,35 +350,35 @@ pub enum StartError {
     DataDir(#[from] crate::data_dir::DataDirError),
     #[error("cannot start a shard thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Raft(raft::ConfigError),
 }
 
 struct RecoveredShard {
-    table: table::LockTable<ReplyTo>,
+    contents: LogContents,
     wal: Wal,
+    stored: raft::HardState,
     token_max: u64,
 }
 
-/// Opens one shard's log and rebuilds its persistent locks, leases counted from `now`.
+/// Opens one shard's log and reads what it holds (the Raft core applies it once the log's
+/// committed part is known).
 fn recover_shard(
     shard: usize,
     data_dir: &DataDir,
     settings: &ShardSettings,
-    now: Instant,
 ) -> Result<RecoveredShard, StartError> {
-    // The tokens of this table are replaced once the new epoch is known.
-    let mut table = table::LockTable::new(TokenSource::new(1), settings.waiters_per_lock_max);
-    let mut restorer = table::Restorer::new(&mut table, now);
-    let wal = Wal::open(
-        &data_dir.shard_path(shard),
-        settings.storage.clone(),
-        settings.wal,
-        &mut restorer,
-    )
-    .map_err(|source| StartError::Wal { shard, source })?;
-    let token_max = restorer.token_max;
+    let dir = data_dir.shard_path(shard);
+    let mut contents = LogContents::default();
+    let wal = Wal::open(&dir, settings.storage.clone(), settings.wal, &mut contents)
+        .map_err(|source| StartError::Wal { shard, source })?;
+    let stored = raft_state::load(settings.storage.as_ref(), &dir)
+        .map_err(|source| StartError::Wal { shard, source })?;
+    let token_max = contents.token_max();
     Ok(RecoveredShard {
-        table,
+        contents,
         wal,
+        stored,
         token_max,
     })
 }

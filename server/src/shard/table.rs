@@ -44,6 +44,7 @@ use kahu_protocol::{
 use super::clock::{Clock, Moment};
 use super::timers::{Timer, TimerQueue, WaiterTimer};
 use super::tokens::TokenSource;
+use crate::raft::EntryKind;
 use crate::wal::record::{Command, Entry};
 use crate::wal::snapshot::{Snapshot, SnapshotLock};
 use crate::wal::Replay;
@@ -781,7 +782,10 @@ impl<R: ReplyTarget> Replay for Restorer<'_, R> {
     }
 
     fn apply(&mut self, entry: &Entry) {
-        match &entry.command {
+        let EntryKind::Command(command) = &entry.kind else {
+            return; // no-ops and membership changes hold no lock state
+        };
+        match command {
             Command::Grant {
                 key,
                 owner,

@@ -1,67 +1,69 @@
-//! The shard worker: one thread that owns one lock table and its write-ahead log.
+//! The shard worker: one thread that owns one lock table, its Raft group member and its
+//! write-ahead log.
 //!
-//! Each turn of its loop: wait for a message or the next timer, drain everything queued
-//! (up to [`BATCH_MAX`]), fire due timers, apply the batch, send the replies that depend on
-//! nothing unflushed (ephemeral locks never wait for the disk), then append the turn's
-//! decisions about persistent locks to the log with one write and one `fdatasync` (group
-//! commit), and only then send the replies that depend on them.
+//! Each turn of its loop: wait for a message, the next lease timer or the next Raft tick,
+//! drain everything queued (up to [`BATCH_MAX`]), then:
+//! 1. step the Raft core with the peer messages and ticks;
+//! 2. as a serving leader, fire due lease timers and apply the batch's requests to the
+//!    table, which decides at once (grants, waits, refusals) and lists its decisions about
+//!    persistent locks; those are proposed to Raft as one batch (one entry each);
+//! 3. send the replies that depend on nothing unflushed (ephemeral locks never wait for
+//!    the disk or the peers);
+//! 4. drive the Raft core ([`super::replica`]): write the new entries with one write and
+//!    one `fdatasync` (group commit), send the appends to the peers, apply what is
+//!    committed; then send the replies whose decisions are committed.
+//!
+//! A single node is a one-voter Raft group: its entries commit as soon as they are on its
+//! disk, so a turn costs one write and one sync, as without Raft.
+//!
+//! Only a leader that has applied every entry before its term (its first entry is
+//! committed and applied) serves requests: before that its table could miss a decision an
+//! earlier leader made. Requests that arrive in between wait for it. Followers answer
+//! NOT_LEADER with the leader's id. On every change of leader the table is rebuilt from
+//! the snapshot and the committed log (see `replica.rs`): leases counted in full from the
+//! change, ephemeral locks and waiters gone (their clients are told NOT_LEADER).
 //!
 //! Each turn's decisions form one commit with a sequence number; the table holds back every
-//! reply about a lock whose last decision is in a commit not yet durable (reads included),
-//! and keeps a lock it freed until that commit is durable, so nothing undurable is seen.
-//! (Overlapping the sync of one turn with the next turn on a second thread was measured
-//! and is slower on 2 cores: the extra wake-ups cost more than the overlap saves.)
+//! reply about a lock whose last decision is in a commit not yet committed by Raft (reads
+//! included), and keeps a lock it freed until then, so nothing uncommitted is seen.
 //!
 //! If the log cannot be written (disk full, I/O error), the replies that waited for it get
-//! STORAGE_FAILED (the request may or may not take effect: its records are kept and
-//! retried), and until a retry succeeds every request to this shard gets
+//! STORAGE_FAILED (the request may or may not take effect: its entries are kept and
+//! written again), and until a retry succeeds every request to this shard gets
 //! STORAGE_UNAVAILABLE, so nobody can observe a decision that is not durable.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use kahu_protocol::{ErrorCode, ProtocolError, Request, Response};
 
+use super::replica::Replica;
 use super::table::{LockTable, Output};
-use super::{ReplyTo, ShardMessage, ShardStats, WorkerCounters};
-use crate::data_dir::DataDir;
-use crate::wal::snapshot::Snapshot;
-use crate::wal::Wal;
+use super::{ReplyTo, ShardMessage};
 
 /// Messages taken from the queue in one turn at most.
 pub const BATCH_MAX: usize = 1024;
 /// Timers fired in one turn at most, so a burst of expiries cannot starve requests.
 pub const TIMERS_PER_TURN_MAX: usize = 4096;
-/// How long a shard that cannot write its log or store a token epoch waits before trying
-/// again.
+/// Requests held while a new leader catches up, at most; later ones are told to retry.
+pub const HELD_REQUESTS_MAX: usize = 64 * 1024;
+/// How long a shard that cannot write its log waits before trying again.
 const FAILURE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 pub(super) struct ShardWorker {
     receiver: Receiver<ShardMessage>,
-    table: LockTable<ReplyTo>,
-    wal: Wal,
-    stats: Arc<ShardStats>,
-    data_dir: Arc<DataDir>,
-    counters: WorkerCounters,
+    replica: Replica,
+    /// Requests that arrived while this node leads but does not serve yet.
+    held: Vec<ShardMessage>,
     stopping: bool,
 }
 
 impl ShardWorker {
-    pub(super) fn new(
-        receiver: Receiver<ShardMessage>,
-        table: LockTable<ReplyTo>,
-        wal: Wal,
-        stats: Arc<ShardStats>,
-        data_dir: Arc<DataDir>,
-    ) -> ShardWorker {
+    pub(super) fn new(receiver: Receiver<ShardMessage>, replica: Replica) -> ShardWorker {
         ShardWorker {
             receiver,
-            table,
-            wal,
-            stats,
-            data_dir,
-            counters: WorkerCounters::default(),
+            replica,
+            held: Vec::new(),
             stopping: false,
         }
     }
@@ -71,14 +73,8 @@ impl ShardWorker {
         let mut batch = Vec::with_capacity(BATCH_MAX);
         let mut output: Output<ReplyTo> = Output::default();
         loop {
-            let first = match self.table.next_deadline() {
-                Some(deadline) => self.receiver.recv_deadline(deadline),
-                None => self
-                    .receiver
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match first {
+            let deadline = self.replica.next_deadline();
+            match self.receiver.recv_deadline(deadline) {
                 Ok(message) => batch.push(message),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -92,67 +88,76 @@ impl ShardWorker {
             self.turn(&mut batch, &mut output);
         }
         let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
-        self.table.fail_all_waiters(&error, &mut output);
-        self.persist_and_reply(&mut output, Instant::now());
+        self.replica.fail_waiters(&error, &mut output);
+        self.fail_held(&error, &mut output);
+        self.replica.finish_turn(Instant::now(), &mut output);
     }
 
     fn turn(&mut self, batch: &mut Vec<ShardMessage>, output: &mut Output<ReplyTo>) {
         let now = Instant::now();
-        if let Err(error) = self.retry_log() {
+        if let Err(error) = self.replica.retry_storage(now, output) {
             self.refuse(batch, output, &error);
             return;
         }
-        let tokens = self.ensure_tokens();
-        if tokens.is_ok() {
-            self.table.fire_timers(now, TIMERS_PER_TURN_MAX, output);
+        self.replica.tick_if_due(now);
+        let was_serving = self.replica.is_serving();
+        if was_serving {
+            self.replica.fire_timers(now, TIMERS_PER_TURN_MAX, output);
         }
         for message in batch.drain(..) {
             match message {
-                ShardMessage::Request {
-                    hash,
-                    request,
-                    reply,
-                } => {
-                    self.counters.requests_total += 1;
-                    match &tokens {
-                        Ok(()) => self.apply(now, hash, &request, reply, output),
-                        Err(error) => output.replies.push((reply, error.clone().into())),
-                    }
+                ShardMessage::Request { .. } if self.replica.is_serving() => {
+                    self.apply(message, now, output)
+                }
+                ShardMessage::Request { .. }
+                    if self.replica.is_leader() && self.held.len() < HELD_REQUESTS_MAX =>
+                {
+                    // Counted when applied.
+                    self.held.push(message)
+                }
+                ShardMessage::Request { reply, .. } => {
+                    self.replica.counters().requests_total += 1;
+                    output
+                        .replies
+                        .push((reply, self.replica.not_serving().into()));
                 }
                 message => self.control(message, now, output),
             }
         }
-        self.persist_and_reply(output, now);
-        if tokens.is_err() {
+        self.replica.finish_turn(now, output);
+        if !was_serving && self.replica.is_serving() && !self.held.is_empty() {
+            // Became a serving leader in this turn: the held requests go next turn first.
+            let mut held = std::mem::take(&mut self.held);
+            held.append(batch);
+            *batch = held;
+            self.turn(batch, output);
+        } else if !self.replica.is_leader() && !self.held.is_empty() {
+            let error = self.replica.not_serving();
+            self.fail_held(&error, output);
+            self.replica.finish_turn(now, output);
+        }
+        if self.replica.is_stalled() {
             // Timers stay due while no token can be granted: pause instead of spinning.
             std::thread::sleep(FAILURE_RETRY_PAUSE);
         }
     }
 
-    /// Connection closes and shutdown, which need no token and no log.
-    fn control(&mut self, message: ShardMessage, now: Instant, output: &mut Output<ReplyTo>) {
-        match message {
-            ShardMessage::ConnectionClosed(connection_id) => {
-                self.table.cancel_connection(connection_id, now, output);
-            }
-            ShardMessage::Shutdown => self.stopping = true,
-            ShardMessage::Request { .. } => unreachable!("requests are applied, not controlled"),
-        }
-    }
-
-    fn apply(
-        &mut self,
-        now: Instant,
-        hash: u64,
-        request: &Request,
-        reply: ReplyTo,
-        output: &mut Output<ReplyTo>,
-    ) {
-        match request {
-            Request::Lock(lock) => self.table.lock(now, hash, lock, reply, output),
-            Request::Unlock(unlock) => self.table.unlock(now, hash, unlock, reply, output),
-            Request::Extend(extend) => self.table.extend(now, hash, extend, reply, output),
-            Request::Get(get) => self.table.get(now, hash, &get.key, reply, output),
+    fn apply(&mut self, message: ShardMessage, now: Instant, output: &mut Output<ReplyTo>) {
+        let ShardMessage::Request {
+            hash,
+            request,
+            reply,
+        } = message
+        else {
+            unreachable!("only requests are applied");
+        };
+        self.replica.counters().requests_total += 1;
+        let table: &mut LockTable<ReplyTo> = self.replica.table();
+        match &request {
+            Request::Lock(lock) => table.lock(now, hash, lock, reply, output),
+            Request::Unlock(unlock) => table.unlock(now, hash, unlock, reply, output),
+            Request::Extend(extend) => table.extend(now, hash, extend, reply, output),
+            Request::Get(get) => table.get(now, hash, &get.key, reply, output),
             Request::Hello(_) | Request::Ping | Request::Info => {
                 debug_assert!(false, "unkeyed request routed to a shard");
                 let error =
@@ -162,75 +167,29 @@ impl ShardWorker {
         }
     }
 
-    /// Sends what depends on nothing unflushed, makes the turn's decisions durable with one
-    /// commit, then sends what depended on them. Ends the turn.
-    fn persist_and_reply(&mut self, output: &mut Output<ReplyTo>, now: Instant) {
-        if self.stopping {
-            let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
-            self.table.fail_all_waiters(&error, output);
-        }
-        // Publish before replying, so a client that reads a reply and then asks INFO
-        // sees counters that include it.
-        self.publish();
-        send(&mut output.replies);
-        if !output.log.is_empty() {
-            let term = self.table.tokens().epoch();
-            for command in output.log.drain(..) {
-                self.wal.append(term, command);
+    /// Peer traffic, connection closes and shutdown.
+    fn control(&mut self, message: ShardMessage, now: Instant, output: &mut Output<ReplyTo>) {
+        match message {
+            ShardMessage::ConnectionClosed(connection_id) => {
+                self.replica.cancel_connection(connection_id, now, output);
             }
-            // This turn's decisions belong to `seq`; the next turn's to the next one.
-            let seq = self.table.commit_seq();
-            self.table.begin_commit(seq + 1);
-            match self.wal.commit() {
-                Ok(()) => {
-                    self.counters.wal_commits_total += 1;
-                    self.table.commit_durable(seq);
-                    send_durable(&mut output.durable_replies);
-                    self.snapshot_if_due(now);
-                }
-                Err(error) => {
-                    self.counters.wal_errors_total += 1;
-                    tracing::error!(%error, "cannot write the write-ahead log; refusing requests until it can");
-                    let failed = ProtocolError::new(
-                        ErrorCode::StorageFailed,
-                        format!(
-                            "the write-ahead log could not be written ({error}); the request was not \
-                             acknowledged and may or may not take effect"
-                        ),
-                    );
-                    for (_, reply, _) in output.durable_replies.drain(..) {
-                        reply.send(failed.clone().into());
-                    }
-                }
+            ShardMessage::Shutdown => {
+                self.stopping = true;
+                self.replica.stop();
+                let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
+                self.replica.fail_waiters(&error, output);
+                self.fail_held(&error, output);
             }
-            self.publish();
+            ShardMessage::Peer(message) => self.replica.step(message),
+            ShardMessage::PeerUnreachable(node) => self.replica.peer_unreachable(node),
+            ShardMessage::Request { .. } => unreachable!("requests are applied, not controlled"),
         }
-        // Replies about decisions of an earlier commit that is durable by now.
-        send_durable(&mut output.durable_replies);
     }
 
-    /// After a failed commit, writes the kept records again; an error means the log is
-    /// still not writable.
-    fn retry_log(&mut self) -> Result<(), ProtocolError> {
-        if !self.wal.has_pending() {
-            return Ok(());
-        }
-        match self.wal.commit() {
-            Ok(()) => {
-                self.counters.wal_commits_total += 1;
-                // Everything kept belonged to commits before the current one.
-                self.table.commit_durable(self.table.commit_seq() - 1);
-                tracing::info!("the write-ahead log is writable again");
-                Ok(())
-            }
-            Err(error) => {
-                self.counters.wal_errors_total += 1;
-                Err(ProtocolError::new(
-                    ErrorCode::StorageUnavailable,
-                    format!(
-                        "this shard cannot write its write-ahead log ({error}); try again later"
-                    ),
-                ))
+    fn fail_held(&mut self, error: &ProtocolError, output: &mut Output<ReplyTo>) {
+        for message in self.held.drain(..) {
+            if let ShardMessage::Request { reply, .. } = message {
+                output.replies.push((reply, error.clone().into()));
             }
         }
     }
@@ -247,82 +206,41 @@ impl ShardWorker {
         for message in batch.drain(..) {
             match message {
                 ShardMessage::Request { reply, .. } => {
-                    self.counters.requests_total += 1;
+                    self.replica.counters().requests_total += 1;
                     output.replies.push((reply, error.clone().into()));
                 }
+                // Peers send again what is lost; the core cannot take messages now.
+                ShardMessage::Peer(_) | ShardMessage::PeerUnreachable(_) => {}
                 message => self.control(message, now, output),
             }
         }
-        if self.stopping {
-            let stopping = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
-            self.table.fail_all_waiters(&stopping, output);
-        }
-        // Replies about locks whose decisions are not durable cannot be sent as they are.
-        for (_, reply, _) in output.durable_replies.drain(..) {
-            output.replies.push((reply, error.clone().into()));
-        }
-        self.publish();
-        send(&mut output.replies);
+        self.fail_held(error, output);
+        self.replica.refuse_pending(error, output);
         std::thread::sleep(FAILURE_RETRY_PAUSE);
-    }
-
-    /// Writes a snapshot of the persistent locks once enough was logged since the last.
-    fn snapshot_if_due(&mut self, now: Instant) {
-        if !self.wal.wants_snapshot() {
-            return;
-        }
-        let snapshot = Snapshot {
-            last_index: self.wal.durable_index(),
-            last_term: self.wal.last_term(),
-            locks: self.table.persistent_locks(now),
-        };
-        match self.wal.compact(&snapshot) {
-            Ok(()) => self.counters.snapshots_total += 1,
-            Err(error) => {
-                tracing::warn!(%error, "cannot write a snapshot; the log keeps growing until one succeeds")
-            }
-        }
-    }
-
-    fn publish(&self) {
-        self.stats
-            .publish(self.table.len(), &self.table.stats(), &self.counters);
-    }
-
-    /// Moves to a fresh epoch before the grant counter can run out.
-    fn ensure_tokens(&mut self) -> Result<(), ProtocolError> {
-        if !self.table.tokens().needs_new_epoch() {
-            return Ok(());
-        }
-        match self.data_dir.next_epoch() {
-            Ok(epoch) => {
-                tracing::info!(
-                    epoch,
-                    "grant counter nearly exhausted; moved to a new epoch"
-                );
-                self.table.tokens().advance_epoch(epoch);
-                Ok(())
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot store a new epoch; refusing requests until it can");
-                Err(ProtocolError::new(
-                    ErrorCode::Internal,
-                    format!("cannot store a new token epoch: {error}"),
-                ))
-            }
-        }
     }
 }
 
-fn send(replies: &mut Vec<(ReplyTo, Response)>) {
+/// Sends replies that depend on nothing unflushed.
+pub(super) fn send(replies: &mut Vec<(ReplyTo, Response)>) {
     for (reply, response) in replies.drain(..) {
         reply.send(response);
     }
 }
 
-/// Sends replies whose commits are durable (the caller made sure).
-fn send_durable(replies: &mut Vec<(u64, ReplyTo, Response)>) {
-    for (_, reply, response) in replies.drain(..) {
-        reply.send(response);
+/// Sends the replies waiting for commits up to `committed_seq`, in order; keeps the others.
+pub(super) fn send_committed(replies: &mut Vec<(u64, ReplyTo, Response)>, committed_seq: u64) {
+    if replies.iter().all(|(seq, _, _)| *seq <= committed_seq) {
+        for (_, reply, response) in replies.drain(..) {
+            reply.send(response);
+        }
+        return;
+    }
+    let pending = std::mem::take(replies);
+    for (seq, reply, response) in pending {
+        if seq <= committed_seq {
+            reply.send(response);
+        } else {
+            replies.push((seq, reply, response));
+        }
     }
 }

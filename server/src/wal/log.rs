@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::record::{Command, Entry, HardState, Record, RECORD_BYTES_MAX};
-use super::recovery::{recover, segment_name, Replay, SPARE_NAME};
+use super::record::{encode_entry, Entry, HardState, Record, RECORD_BYTES_MAX};
+use super::recovery::{cut_tail, recover, segment_name, Replay, SPARE_NAME};
 use super::snapshot::Snapshot;
 use super::storage::{SegmentFile, Storage};
 use super::WalError;
@@ -71,6 +71,8 @@ pub struct Wal {
     spare_ready: bool,
     spare: Option<JoinHandle<std::io::Result<()>>>,
     hard_state: Option<HardState>,
+    /// The index of the newest snapshot on disk (0 for none).
+    snapshot_index: u64,
 }
 
 impl Wal {
@@ -110,6 +112,7 @@ impl Wal {
             spare_ready: recovered.spare_ready,
             spare: None,
             hard_state: recovered.hard_state,
+            snapshot_index: recovered.snapshot_index,
         };
         wal.prepare_spare();
         Ok(wal)
@@ -148,16 +151,38 @@ impl Wal {
         self.bytes_since_snapshot >= self.options.snapshot_log_bytes
     }
 
-    /// Buffers an entry; it is durable after the next successful [`Wal::commit`].
-    pub fn append(&mut self, term: u64, command: Command) -> u64 {
+    /// The index of the newest snapshot on disk, 0 if none.
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index
+    }
+
+    /// Reads the newest snapshot back (to rebuild the lock table from it).
+    pub fn load_snapshot(&self) -> Result<Option<Snapshot>, WalError> {
+        if self.snapshot_index == 0 {
+            return Ok(None);
+        }
+        let path = self.dir.join(Snapshot::file_name(self.snapshot_index));
+        let contents = self.storage.read(&path).map_err(|source| WalError::Io {
+            operation: "read",
+            path: path.clone(),
+            source,
+        })?;
+        Snapshot::decode(&contents)
+            .map(Some)
+            .ok_or_else(|| WalError::Corruption {
+                path,
+                offset: 0,
+                detail: "the snapshot's checksum or layout is wrong".into(),
+            })
+    }
+
+    /// Buffers `entry`, which must be the next one (see [`Wal::truncate_from`] for
+    /// replacing entries); it is durable after the next successful [`Wal::commit`].
+    pub fn append(&mut self, entry: &Entry) -> u64 {
         let index = self.next_index;
+        assert_eq!(entry.index, index, "log entries are appended in order");
         let mut bytes = Vec::with_capacity(64);
-        Record::Entry(Entry {
-            index,
-            term,
-            command,
-        })
-        .encode(&mut bytes);
+        encode_entry(entry, &mut bytes);
         if self.segments.is_empty()
             || self.tail_end + bytes.len() as u64 > self.options.segment_bytes
         {
@@ -181,8 +206,71 @@ impl Wal {
         }
         self.tail_end = offset + length;
         self.next_index += 1;
-        self.last_term = term;
+        self.last_term = entry.term;
         index
+    }
+
+    /// Appends the next entry holding `command` (tests and benchmarks of the log alone).
+    pub fn append_command(&mut self, term: u64, command: super::record::Command) -> u64 {
+        let entry = Entry {
+            index: self.next_index,
+            term,
+            kind: crate::raft::EntryKind::Command(command),
+        };
+        self.append(&entry)
+    }
+
+    /// Drops every entry from `index` on, durably, before anything is appended in their
+    /// place (a follower whose uncommitted entries a new leader replaced, Raft §5.3):
+    /// deletes the later segments, newest first, then zeroes the segment holding `index`
+    /// from that entry on and syncs it. A crash part way leaves a shorter but whole log.
+    pub fn truncate_from(&mut self, index: u64) -> Result<(), WalError> {
+        assert!(
+            self.pending.is_empty(),
+            "truncating with entries not yet written"
+        );
+        assert!(
+            index > self.snapshot_index && index < self.next_index,
+            "truncating at {index} outside ({}, {})",
+            self.snapshot_index,
+            self.next_index
+        );
+        while self
+            .segments
+            .last()
+            .is_some_and(|segment| segment.first_index > index)
+        {
+            let segment = self.segments.pop().expect("checked above");
+            if segment.created {
+                self.storage
+                    .remove(&segment.path)
+                    .map_err(|source| WalError::Io {
+                        operation: "remove",
+                        path: segment.path.clone(),
+                        source,
+                    })?;
+            }
+        }
+        let segment = self.segments.last_mut().expect("a segment holds the entry");
+        segment.file = None;
+        let path = segment.path.clone();
+        let contents = self.storage.read(&path).map_err(|source| WalError::Io {
+            operation: "read",
+            path: path.clone(),
+            source,
+        })?;
+        let offset = entry_offset(&contents, index).ok_or_else(|| WalError::Corruption {
+            path: path.clone(),
+            offset: 0,
+            detail: format!("entry {index} is not in the segment that should hold it"),
+        })?;
+        cut_tail(self.storage.as_ref(), &path, offset, &contents)?;
+        let dropped = self.tail_end.saturating_sub(offset);
+        self.bytes_since_snapshot = self.bytes_since_snapshot.saturating_sub(dropped);
+        self.tail_end = offset;
+        self.next_index = index;
+        self.durable_index = index - 1;
+        Ok(())
     }
 
     /// Makes the tail a new segment whose first entry is `first_index`. It is created on
@@ -329,12 +417,12 @@ impl Wal {
             .ok();
     }
 
-    /// Writes `snapshot` (which must include every durable entry) and deletes the segments
-    /// and snapshots it makes unnecessary.
+    /// Writes `snapshot` (of durable entries only) and deletes the segments and snapshots
+    /// it makes unnecessary.
     pub fn compact(&mut self, snapshot: &Snapshot) -> Result<(), WalError> {
         assert!(self.pending.is_empty(), "compact after a successful commit");
-        assert_eq!(
-            snapshot.last_index, self.durable_index,
+        assert!(
+            snapshot.last_index <= self.durable_index,
             "a snapshot of the durable state"
         );
         let path = self.dir.join(Snapshot::file_name(snapshot.last_index));
@@ -348,6 +436,7 @@ impl Wal {
             });
         }
         self.bytes_since_snapshot = 0;
+        self.snapshot_index = snapshot.last_index;
         // Older snapshots, then every segment whose entries all precede the snapshot.
         if let Ok(names) = self.storage.list(&self.dir) {
             for name in names {
@@ -366,6 +455,64 @@ impl Wal {
             }
         }
         Ok(())
+    }
+}
+
+impl Wal {
+    /// Replaces the whole log with a snapshot from the leader (this node was too far
+    /// behind): the snapshot is written, then every segment is deleted, and the log
+    /// continues after the snapshot's last index.
+    pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), WalError> {
+        assert!(
+            self.pending.is_empty(),
+            "install a snapshot with entries not yet written"
+        );
+        let path = self.dir.join(Snapshot::file_name(snapshot.last_index));
+        self.storage
+            .write_atomic(&path, &snapshot.encode())
+            .map_err(|source| WalError::Io {
+                operation: "write snapshot",
+                path,
+                source,
+            })?;
+        while let Some(segment) = self.segments.pop() {
+            if segment.created {
+                self.storage
+                    .remove(&segment.path)
+                    .map_err(|source| WalError::Io {
+                        operation: "remove",
+                        path: segment.path.clone(),
+                        source,
+                    })?;
+            }
+        }
+        if let Ok(names) = self.storage.list(&self.dir) {
+            for name in names {
+                if Snapshot::parse_file_name(&name).is_some_and(|index| index < snapshot.last_index)
+                {
+                    let _ = self.storage.remove(&self.dir.join(name));
+                }
+            }
+        }
+        self.tail_end = 0;
+        self.next_index = snapshot.last_index + 1;
+        self.durable_index = snapshot.last_index;
+        self.last_term = snapshot.last_term;
+        self.snapshot_index = snapshot.last_index;
+        self.bytes_since_snapshot = 0;
+        Ok(())
+    }
+}
+
+/// Where the entry `index` starts in a segment's bytes.
+fn entry_offset(contents: &[u8], index: u64) -> Option<u64> {
+    let mut offset = 0usize;
+    loop {
+        match Record::decode(&contents[offset..]) {
+            Ok((Record::Entry(entry), _)) if entry.index == index => return Some(offset as u64),
+            Ok((_, size)) => offset += size,
+            Err(_) => return None,
+        }
     }
 }
 

@@ -2,20 +2,24 @@
 //! power cut.
 //!
 //! # What is logged
-//! The shard leader's decisions about persistent locks, as log entries: a grant (key, owner,
-//! token, ttl), a release (key, token), an extension (key, token, ttl). Entries carry a ttl,
-//! never a wall-clock deadline: whoever applies an entry counts the lease from when it
-//! applies it, which is later than the leader did, so a lease never ends early. Each entry
-//! has an index (1, 2, 3, ... per shard) and a term (today the token epoch of the run that
-//! wrote it; the Raft term once replication lands), so the same log can become the shard's
-//! Raft log. A `hard state` record (term, vote, commit) is reserved for Raft.
+//! The shard's Raft log: the leader's decisions about persistent locks (a grant: key,
+//! owner, token, ttl; a release: key, token; an extension: key, token, ttl), a new leader's
+//! no-op, and membership changes. Entries carry a ttl, never a wall-clock deadline:
+//! whoever applies an entry counts the lease from when it applies it, which is later than
+//! the leader did, so a lease never ends early. Each entry has an index (1, 2, 3, ... per
+//! shard) and the Raft term of the leader that wrote it. The term and vote are kept apart,
+//! in `raft-state` ([`raft_state`]), because a follower may have to drop a suffix of its
+//! log (see [`Wal::truncate_from`]) and must never drop a vote with it. (Logs written
+//! before replication may hold `hard state` records; they are read and ignored.)
 //!
 //! # Files, in `<data-dir>/shard-<n>/`
 //! - `wal-<first index>.log`: segments of `segment_bytes` each, preallocated by writing
 //!   zeros (measured fastest to append into, see README), named by the index of their first
 //!   entry (20 digits). Records never span segments.
-//! - `snapshot-<last index>.snap`: every persistent lock held when it was taken; segments
-//!   holding only entries at or below its index are deleted after it is written.
+//! - `snapshot-<last index>.snap`: every persistent lock held when it was taken, and the
+//!   group's voters; segments holding only entries at or below its index are deleted after
+//!   it is written.
+//! - `raft-state`: the current term and vote.
 //!
 //! # Record format (little-endian), see [`record`]
 //! ```text
@@ -50,6 +54,7 @@
 //! write, so it is treated as the end of the log.
 
 mod log;
+pub mod raft_state;
 pub mod record;
 pub mod recovery;
 pub mod snapshot;

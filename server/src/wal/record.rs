@@ -2,12 +2,13 @@
 //!
 //! ```text
 //! record      = len u32 | crc32c u32 | type u8 | payload      (len = 1 + payload bytes)
-//! type 1 ENTRY      payload = index u64 | term u64 | command
-//! type 2 HARD_STATE payload = term u64 | vote u64 | commit u64
-//! command     = kind u8 | fields
-//! kind 1 GRANT   token u64 | ttl_ms u64 | key bytes16 | owner bytes16
-//! kind 2 RELEASE token u64 | key bytes16
-//! kind 3 EXTEND  token u64 | ttl_ms u64 | key bytes16
+//! type 1 ENTRY      payload = index u64 | term u64 | kind u8 | fields
+//! type 2 HARD_STATE payload = term u64 | vote u64 | commit u64   (read, no longer written)
+//! kind 1 GRANT      token u64 | ttl_ms u64 | key bytes16 | owner bytes16
+//! kind 2 RELEASE    token u64 | key bytes16
+//! kind 3 EXTEND     token u64 | ttl_ms u64 | key bytes16
+//! kind 4 NOOP       (nothing: a new Raft leader's first entry)
+//! kind 5 MEMBERSHIP n u16 | n x node id u64   (the shard's voters from this entry on)
 //! bytes16     = length u16 | bytes
 //! ```
 //!
@@ -15,6 +16,8 @@
 //! checks the checksum first, then that the payload is exactly as long as its fields.
 
 use bytes::{Buf, BufMut, Bytes};
+
+use crate::raft::{EntryKind, Membership};
 
 /// Bytes before the payload: `len`, `crc32c`, `type`.
 pub const RECORD_HEADER_BYTES: usize = 9;
@@ -26,6 +29,10 @@ const TYPE_HARD_STATE: u8 = 2;
 const KIND_GRANT: u8 = 1;
 const KIND_RELEASE: u8 = 2;
 const KIND_EXTEND: u8 = 3;
+const KIND_NOOP: u8 = 4;
+const KIND_MEMBERSHIP: u8 = 5;
+/// Voters in one membership entry at most.
+pub const VOTERS_MAX: usize = 255;
 
 /// A decision about a persistent lock, applied in log order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,20 +60,22 @@ impl Command {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub index: u64,
-    pub term: u64,
-    pub command: Command,
+impl crate::raft::Payload for Command {
+    fn size_bytes(&self) -> usize {
+        match self {
+            Command::Grant { key, owner, .. } => 1 + 8 + 8 + 2 + key.len() + 2 + owner.len(),
+            Command::Release { key, .. } => 1 + 8 + 2 + key.len(),
+            Command::Extend { key, .. } => 1 + 8 + 8 + 2 + key.len(),
+        }
+    }
 }
 
-/// Raft's persistent state, reserved for the replication issue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct HardState {
-    pub term: u64,
-    pub vote: u64,
-    pub commit: u64,
-}
+/// A log entry: the shard's Raft log holds lock commands, leaders' no-ops and membership
+/// changes.
+pub type Entry = crate::raft::Entry<Command>;
+
+/// The hard state record of earlier versions (now kept in `raft_state.rs`).
+pub use crate::raft::HardState;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -98,7 +107,7 @@ impl Record {
                 dst.put_u8(TYPE_ENTRY);
                 dst.put_u64_le(entry.index);
                 dst.put_u64_le(entry.term);
-                encode_command(&entry.command, dst);
+                encode_entry_kind(&entry.kind, dst);
             }
             Record::HardState(state) => {
                 dst.put_u8(TYPE_HARD_STATE);
@@ -107,11 +116,7 @@ impl Record {
                 dst.put_u64_le(state.commit);
             }
         }
-        let len = dst.len() - start - 8;
-        assert!(len + 8 <= RECORD_BYTES_MAX, "record of {len} bytes");
-        let crc = crc32c::crc32c(&dst[start + 8..]);
-        dst[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
-        dst[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        seal(dst, start);
     }
 
     /// Decodes the record at the start of `src`, returning it and its encoded size.
@@ -145,6 +150,72 @@ impl Record {
         }
         let record = decode_body(body).ok_or(DecodeError::Malformed)?;
         Ok((record, 8 + len))
+    }
+}
+
+/// Fills in `len` and `crc32c` of the record that starts at `start`.
+fn seal(dst: &mut [u8], start: usize) {
+    let len = dst.len() - start - 8;
+    assert!(len + 8 <= RECORD_BYTES_MAX, "record of {len} bytes");
+    let crc = crc32c::crc32c(&dst[start + 8..]);
+    dst[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    dst[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends `entry` as one record to `dst` (without cloning it into a [`Record`]).
+pub fn encode_entry(entry: &Entry, dst: &mut Vec<u8>) {
+    let start = dst.len();
+    dst.put_u32_le(0);
+    dst.put_u32_le(0);
+    dst.put_u8(TYPE_ENTRY);
+    dst.put_u64_le(entry.index);
+    dst.put_u64_le(entry.term);
+    encode_entry_kind(&entry.kind, dst);
+    seal(dst, start);
+}
+
+/// Appends `kind u8 | fields` of an entry. Shared with the peer protocol.
+pub(crate) fn encode_entry_kind(kind: &EntryKind<Command>, dst: &mut Vec<u8>) {
+    match kind {
+        EntryKind::Command(command) => encode_command(command, dst),
+        EntryKind::Noop => dst.put_u8(KIND_NOOP),
+        EntryKind::Membership(membership) => {
+            dst.put_u8(KIND_MEMBERSHIP);
+            let count = membership.voters.len();
+            assert!(count <= VOTERS_MAX, "{count} voters");
+            dst.put_u16_le(count as u16);
+            for voter in &membership.voters {
+                dst.put_u64_le(*voter);
+            }
+        }
+    }
+}
+
+/// Decodes `kind u8 | fields` from the front of `src` and advances past it; `None` if
+/// `src` does not start with a whole, valid entry kind. Shared with the peer protocol.
+pub(crate) fn decode_entry_kind(src: &mut &[u8]) -> Option<EntryKind<Command>> {
+    match *src.first()? {
+        KIND_NOOP => {
+            *src = &src[1..];
+            Some(EntryKind::Noop)
+        }
+        KIND_MEMBERSHIP => {
+            let mut cursor = Cursor(&src[1..]);
+            let count = cursor.u16()? as usize;
+            if count > VOTERS_MAX {
+                return None;
+            }
+            let mut voters = std::collections::BTreeSet::new();
+            for _ in 0..count {
+                let voter = cursor.u64()?;
+                if voter == 0 || !voters.insert(voter) {
+                    return None;
+                }
+            }
+            *src = cursor.0;
+            Some(EntryKind::Membership(Membership { voters }))
+        }
+        _ => decode_command(src).map(EntryKind::Command),
     }
 }
 
@@ -189,6 +260,9 @@ struct Cursor<'a>(&'a [u8]);
 impl Cursor<'_> {
     fn u8(&mut self) -> Option<u8> {
         (self.0.remaining() >= 1).then(|| self.0.get_u8())
+    }
+    fn u16(&mut self) -> Option<u16> {
+        (self.0.remaining() >= 2).then(|| self.0.get_u16_le())
     }
     fn u64(&mut self) -> Option<u64> {
         (self.0.remaining() >= 8).then(|| self.0.get_u64_le())
@@ -243,12 +317,8 @@ fn decode_body(body: &[u8]) -> Option<Record> {
         TYPE_ENTRY => {
             let index = cursor.u64()?;
             let term = cursor.u64()?;
-            let command = decode_command(&mut cursor.0)?;
-            Record::Entry(Entry {
-                index,
-                term,
-                command,
-            })
+            let kind = decode_entry_kind(&mut cursor.0)?;
+            Record::Entry(Entry { index, term, kind })
         }
         TYPE_HARD_STATE => Record::HardState(HardState {
             term: cursor.u64()?,
@@ -284,15 +354,19 @@ mod tests {
         ]
     }
 
+    fn kind_strategy() -> impl Strategy<Value = EntryKind<Command>> {
+        prop_oneof![
+            command_strategy().prop_map(EntryKind::Command),
+            Just(EntryKind::Noop),
+            proptest::collection::btree_set(1..u64::MAX, 1..8)
+                .prop_map(|voters| EntryKind::Membership(Membership { voters })),
+        ]
+    }
+
     fn record_strategy() -> impl Strategy<Value = Record> {
         prop_oneof![
-            (any::<u64>(), any::<u64>(), command_strategy()).prop_map(|(index, term, command)| {
-                Record::Entry(Entry {
-                    index,
-                    term,
-                    command,
-                })
-            }),
+            (any::<u64>(), any::<u64>(), kind_strategy())
+                .prop_map(|(index, term, kind)| Record::Entry(Entry { index, term, kind })),
             (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(term, vote, commit)| {
                 Record::HardState(HardState { term, vote, commit })
             }),
@@ -351,10 +425,10 @@ mod tests {
         Record::Entry(Entry {
             index: 1,
             term: 2,
-            command: Command::Release {
+            kind: EntryKind::Command(Command::Release {
                 key: Bytes::from_static(b"k"),
                 token: 3,
-            },
+            }),
         })
         .encode(&mut bytes);
         let expected_body: Vec<u8> = [

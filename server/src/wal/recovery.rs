@@ -45,6 +45,7 @@ pub(super) struct Recovered {
     pub hard_state: Option<HardState>,
     pub bytes_since_snapshot: u64,
     pub spare_ready: bool,
+    pub snapshot_index: u64,
 }
 
 pub(super) const SPARE_NAME: &str = "spare.log";
@@ -213,12 +214,13 @@ pub(super) fn recover(
         hard_state,
         bytes_since_snapshot,
         spare_ready,
+        snapshot_index,
     })
 }
 
 /// Zeroes the last segment from `offset` to its last non-zero byte, so that what a torn
 /// write left there can never be read as records after later appends.
-fn cut_tail(
+pub(super) fn cut_tail(
     storage: &dyn Storage,
     path: &Path,
     offset: u64,

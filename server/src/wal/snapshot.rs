@@ -1,9 +1,14 @@
 //! Snapshots of a shard's persistent locks, so the log before them can be deleted.
 //!
 //! ```text
-//! file   = magic "KAHUSNP1" | last_index u64 | last_term u64 | count u64 | count x lock | crc32c u32
+//! file   = magic "KAHUSNP2" | last_index u64 | last_term u64 | voters | count u64
+//!          | count x lock | crc32c u32
+//! voters = n u16 | n x node id u64          (the Raft membership at last_index)
 //! lock   = token u64 | ttl_ms u64 | key bytes16 | owner bytes16
 //! ```
+//!
+//! Files written before replication (magic "KAHUSNP1") have no `voters` field and are read
+//! with an empty one (the founding membership applies).
 //!
 //! Little-endian; the checksum (CRC-32C) covers every byte before it. `ttl_ms` is the lease
 //! left when the snapshot was taken; whoever loads it counts that in full from the load,
@@ -12,7 +17,8 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-const MAGIC: &[u8; 8] = b"KAHUSNP1";
+const MAGIC: &[u8; 8] = b"KAHUSNP2";
+const MAGIC_V1: &[u8; 8] = b"KAHUSNP1";
 
 /// One held persistent lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +34,8 @@ pub struct Snapshot {
     /// The index of the last log entry the snapshot includes.
     pub last_index: u64,
     pub last_term: u64,
+    /// The voters of the shard's Raft group as of `last_index`.
+    pub voters: Vec<u64>,
     pub locks: Vec<SnapshotLock>,
 }
 
@@ -37,6 +45,10 @@ impl Snapshot {
         bytes.put_slice(MAGIC);
         bytes.put_u64_le(self.last_index);
         bytes.put_u64_le(self.last_term);
+        bytes.put_u16_le(u16::try_from(self.voters.len()).expect("voters fit in u16"));
+        for voter in &self.voters {
+            bytes.put_u64_le(*voter);
+        }
         bytes.put_u64_le(self.locks.len() as u64);
         for lock in &self.locks {
             bytes.put_u64_le(lock.token);
@@ -58,12 +70,31 @@ impl Snapshot {
             return None;
         }
         let mut body = body;
-        if body.len() < 32 || &body[..8] != MAGIC {
+        if body.len() < 32 {
             return None;
         }
+        let has_voters = match &body[..8] {
+            magic if magic == MAGIC => true,
+            magic if magic == MAGIC_V1 => false,
+            _ => return None,
+        };
         body.advance(8);
         let last_index = body.get_u64_le();
         let last_term = body.get_u64_le();
+        let mut voters = Vec::new();
+        if has_voters {
+            if body.remaining() < 2 {
+                return None;
+            }
+            let voter_count = body.get_u16_le() as usize;
+            if body.remaining() < voter_count * 8 {
+                return None;
+            }
+            voters = (0..voter_count).map(|_| body.get_u64_le()).collect();
+        }
+        if body.remaining() < 8 {
+            return None;
+        }
         let count = body.get_u64_le();
         let mut locks = Vec::with_capacity(count.min(body.len() as u64 / 20) as usize);
         for _ in 0..count {
@@ -84,6 +115,7 @@ impl Snapshot {
         body.is_empty().then_some(Snapshot {
             last_index,
             last_term,
+            voters,
             locks,
         })
     }
@@ -122,6 +154,7 @@ mod tests {
         Snapshot {
             last_index: 42,
             last_term: 3,
+            voters: vec![1, 2, 3],
             locks: vec![
                 SnapshotLock {
                     key: Bytes::from_static(b"backup-lock"),
@@ -151,6 +184,20 @@ mod tests {
             damaged[position] ^= 0x10;
             assert_eq!(Snapshot::decode(&damaged), None, "byte {position} flipped");
         }
+    }
+
+    #[test]
+    fn a_snapshot_written_before_replication_reads_with_no_voters() {
+        let mut v1 = Vec::new();
+        v1.put_slice(MAGIC_V1);
+        v1.put_u64_le(5);
+        v1.put_u64_le(2);
+        v1.put_u64_le(0);
+        let crc = crc32c::crc32c(&v1);
+        v1.put_u32_le(crc);
+        let decoded = Snapshot::decode(&v1).expect("a v1 snapshot");
+        assert_eq!((decoded.last_index, decoded.last_term), (5, 2));
+        assert!(decoded.voters.is_empty() && decoded.locks.is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::record::{Command, Entry};
 use super::snapshot::{Snapshot, SnapshotLock};
 use super::storage::{FaultPoint, FaultyStorage, FileStorage, Storage, DISK_FULL, IO_ERROR};
 use super::{Replay, Wal, WalError, WalOptions, SEGMENT_BYTES_MIN};
+use crate::raft::EntryKind;
 
 /// Collects what recovery replays.
 #[derive(Debug, Default)]
@@ -56,7 +57,7 @@ fn open(dir: &Path) -> (Wal, Replayed) {
 /// Appends `count` grants, committing every `batch`.
 fn write(wal: &mut Wal, count: u64, batch: u64) {
     for number in 0..count {
-        wal.append(1, grant(number));
+        wal.append_command(1, grant(number));
         if (number + 1) % batch == 0 {
             wal.commit().unwrap();
         }
@@ -106,9 +107,9 @@ fn reopen_replays_every_entry_across_segments() {
     drop(wal);
     let (mut wal, replayed) = open(dir.path());
     assert_eq!(indexes(&replayed), (1..=20_000).collect::<Vec<_>>());
-    assert_eq!(replayed.entries[41].command, grant(41));
+    assert_eq!(replayed.entries[41].kind, EntryKind::Command(grant(41)));
     // And it continues where it stopped.
-    assert_eq!(wal.append(1, grant(0)), 20_001);
+    assert_eq!(wal.append_command(1, grant(0)), 20_001);
     wal.commit().unwrap();
     drop(wal);
     assert_eq!(open(dir.path()).1.entries.len(), 20_001);
@@ -140,13 +141,13 @@ fn a_torn_tail_is_cut_at_every_point() {
             "cut at {cut}"
         );
         // The next entry reuses index 10 and survives another reopen.
-        assert_eq!(wal.append(1, grant(99)), 10);
+        assert_eq!(wal.append_command(1, grant(99)), 10);
         wal.commit().unwrap();
         drop(wal);
         let (_, replayed) = open(dir.path());
         assert_eq!(
-            replayed.entries.last().unwrap().command,
-            grant(99),
+            replayed.entries.last().unwrap().kind,
+            EntryKind::Command(grant(99)),
             "cut at {cut}"
         );
     }
@@ -177,7 +178,7 @@ fn a_flipped_bit_in_the_last_segment_ends_the_log_there_and_stale_bytes_are_zero
         "stale records after the cut are zeroed"
     );
     // A short new record must not be followed by readable stale ones.
-    wal.append(1, grant(7));
+    wal.append_command(1, grant(7));
     wal.commit().unwrap();
     drop(wal);
     assert_eq!(indexes(&open(dir.path()).1), vec![1, 2, 3, 4, 5]);
@@ -226,6 +227,7 @@ fn compaction_keeps_the_state_and_deletes_what_the_snapshot_covers() {
     let snapshot = Snapshot {
         last_index: wal.durable_index(),
         last_term: 1,
+        voters: vec![1],
         locks: vec![SnapshotLock {
             key: Bytes::from_static(b"held"),
             owner: Bytes::from_static(b"o"),
@@ -255,6 +257,7 @@ fn a_damaged_snapshot_is_refused() {
     let snapshot = Snapshot {
         last_index: 10,
         last_term: 1,
+        voters: vec![1],
         locks: Vec::new(),
     };
     wal.compact(&snapshot).unwrap();
@@ -303,13 +306,13 @@ fn a_failed_write_or_sync_is_reported_and_retried_from_the_same_offset() {
         storage.fail(point, 0, error);
         if point == FaultPoint::Create {
             while wal.segment_count() < 2 {
-                wal.append(1, grant(0));
+                wal.append_command(1, grant(0));
                 if wal.segment_count() < 2 {
                     wal.commit().unwrap();
                 }
             }
         } else {
-            wal.append(1, grant(5));
+            wal.append_command(1, grant(5));
         }
         let failed = wal.commit().unwrap_err();
         assert_eq!(failed.is_disk_full(), error == DISK_FULL, "{failed}");
@@ -338,8 +341,8 @@ fn a_crash_after_a_failed_write_keeps_only_what_was_synced() {
     let storage = FaultyStorage::default();
     let (mut wal, _) = open_with(dir.path(), Arc::new(storage.clone())).unwrap();
     write(&mut wal, 5, 5);
-    wal.append(1, grant(5));
-    wal.append(1, grant(6));
+    wal.append_command(1, grant(5));
+    wal.append_command(1, grant(6));
     storage.fail(FaultPoint::Write, 0, IO_ERROR); // writes half the batch, then fails
     assert!(wal.commit().is_err());
     drop(wal); // the process dies here
@@ -380,13 +383,13 @@ fn records_after_a_zero_gap_are_never_replayed() {
     );
     // New entries 5.. land where the stale ones were; a restart must see only the new ones.
     for number in 100..103 {
-        wal.append(2, grant(number));
+        wal.append_command(2, grant(number));
     }
     wal.commit().unwrap();
     drop(wal);
     let (_, replayed) = open(dir.path());
     assert_eq!(indexes(&replayed), vec![1, 2, 3, 4, 5, 6, 7]);
-    assert_eq!(replayed.entries[4].command, grant(100));
+    assert_eq!(replayed.entries[4].kind, EntryKind::Command(grant(100)));
     assert!(replayed.entries[4..].iter().all(|entry| entry.term == 2));
 }
 
@@ -397,7 +400,7 @@ fn one_commit_may_span_several_segments() {
     // Far more than a segment holds, in a single commit.
     let count = 3 * SEGMENT_BYTES_MIN / 60;
     for number in 0..count {
-        wal.append(1, grant(number));
+        wal.append_command(1, grant(number));
     }
     wal.commit().unwrap();
     assert!(wal.segment_count() >= 3, "{} segments", wal.segment_count());
@@ -423,7 +426,10 @@ mod power_cuts {
         let got: Vec<Command> = replayed
             .entries
             .iter()
-            .map(|entry| entry.command.clone())
+            .filter_map(|entry| match &entry.kind {
+                EntryKind::Command(command) => Some(command.clone()),
+                _ => None,
+            })
             .collect();
         prop_assert!(
             got.len() >= acknowledged,
@@ -464,7 +470,7 @@ mod power_cuts {
                 for size in batches {
                     for _ in 0..size {
                         possible.push(grant(next));
-                        wal.append(1, grant(next));
+                        wal.append_command(1, grant(next));
                         next += 1;
                     }
                     wal.commit().unwrap();
@@ -472,7 +478,7 @@ mod power_cuts {
                 let acknowledged = possible.len();
                 for _ in 0..interrupted {
                     possible.push(grant(next));
-                    wal.append(1, grant(next));
+                    wal.append_command(1, grant(next));
                     next += 1;
                 }
                 storage.fail_syncs();
@@ -489,4 +495,91 @@ mod power_cuts {
             }
         }
     }
+}
+
+/// Entries of term 2 that replace what the log held from `first` on.
+fn replacing(wal: &mut Wal, first: u64, count: u64) {
+    wal.truncate_from(first).unwrap();
+    for number in 0..count {
+        let entry = Entry {
+            index: first + number,
+            term: 2,
+            kind: EntryKind::Command(grant(1000 + number)),
+        };
+        wal.append(&entry);
+    }
+    wal.commit().unwrap();
+}
+
+#[test]
+fn a_replaced_suffix_is_gone_after_a_reopen_within_one_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path());
+    write(&mut wal, 10, 10);
+    // Phase 1: a new leader replaces entries 6..=10 with three of its own.
+    replacing(&mut wal, 6, 3);
+    assert_eq!(wal.next_index(), 9);
+    drop(wal);
+    // Phase 2: the log holds 1..=5 of term 1 and 6..=8 of term 2, nothing of the old tail.
+    let (wal, replayed) = open(dir.path());
+    assert_eq!(indexes(&replayed), (1..=8).collect::<Vec<_>>());
+    let terms: Vec<u64> = replayed.entries.iter().map(|entry| entry.term).collect();
+    assert_eq!(terms, [1, 1, 1, 1, 1, 2, 2, 2]);
+    assert_eq!(
+        replayed.entries[5].kind,
+        EntryKind::Command(grant(1000)),
+        "the replacement, not the old entry"
+    );
+    assert_eq!(wal.next_index(), 9);
+}
+
+#[test]
+fn a_replaced_suffix_spanning_segments_deletes_the_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path());
+    write(&mut wal, 20_000, 100);
+    let segments_before = wal.segment_count();
+    assert!(segments_before > 2, "{segments_before} segments");
+    // Replace from an entry in the first segment: every later segment goes.
+    replacing(&mut wal, 50, 2);
+    assert_eq!(wal.segment_count(), 1);
+    assert_eq!(segment_paths(dir.path()).len(), 1);
+    drop(wal);
+    let (mut wal, replayed) = open(dir.path());
+    assert_eq!(indexes(&replayed), (1..=51).collect::<Vec<_>>());
+    // The log goes on from there, and again survives a reopen.
+    wal.append_command(2, grant(7));
+    wal.commit().unwrap();
+    drop(wal);
+    let (_, replayed) = open(dir.path());
+    assert_eq!(indexes(&replayed), (1..=52).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_installed_snapshot_replaces_the_whole_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path());
+    write(&mut wal, 100, 10);
+    let snapshot = Snapshot {
+        last_index: 500,
+        last_term: 4,
+        voters: vec![1, 2, 3],
+        locks: vec![SnapshotLock {
+            key: Bytes::from_static(b"from-the-leader"),
+            owner: Bytes::from_static(b"o"),
+            token: 4 << 40,
+            ttl_ms: 5_000,
+        }],
+    };
+    wal.install_snapshot(&snapshot).unwrap();
+    assert_eq!(wal.next_index(), 501);
+    assert!(segment_paths(dir.path()).is_empty());
+    wal.append_command(4, grant(1));
+    wal.commit().unwrap();
+    drop(wal);
+    let (wal, replayed) = open(dir.path());
+    assert_eq!(replayed.snapshot, Some(snapshot));
+    assert_eq!(indexes(&replayed), vec![501]);
+    assert_eq!(wal.snapshot_index(), 500);
+    assert_eq!(wal.load_snapshot().unwrap().unwrap().last_index, 500);
 }

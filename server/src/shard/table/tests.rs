@@ -766,7 +766,7 @@ proptest! {
         for (number, (step, persistent)) in steps.into_iter().enumerate() {
             if number == snapshot_step {
                 let locks = h.table.persistent_locks(h.now);
-                snapshot = Some((crate::wal::snapshot::Snapshot { last_index: 0, last_term: 1, locks }, h.log.len()));
+                snapshot = Some((crate::wal::snapshot::Snapshot { last_index: 0, last_term: 1, voters: Vec::new(), locks }, h.log.len()));
             }
             h.durability = if persistent { Durability::Persistent } else { Durability::Ephemeral };
             let replies = match step {
@@ -787,7 +787,7 @@ proptest! {
         let mut restorer = Restorer::new(&mut rebuilt, h.now);
         restorer.restore(&snapshot);
         for (index, command) in h.log[from..].iter().enumerate() {
-            restorer.apply(&Entry { index: index as u64 + 1, term: 1, command: command.clone() });
+            restorer.apply(&Entry { index: index as u64 + 1, term: 1, kind: crate::raft::EntryKind::Command(command.clone()) });
         }
         for key in 0..3u8 {
             let key = format!("k{key}");

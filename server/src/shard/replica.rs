@@ -1,0 +1,648 @@
+//! One shard's member of its Raft group: the pure core ([`crate::raft::Raft`]) driven over
+//! this shard's write-ahead log, lock table and peer connections.
+//!
+//! What it does with each [`Ready`] (the order the core requires):
+//! 1. sends the messages that promise nothing about this node's disk (a leader's appends
+//!    go to the followers while its own write is in flight, Raft dissertation §10.2.1);
+//! 2. stores a new term or vote (`wal/raft_state.rs`), replaces entries a new leader
+//!    overwrote, appends the new entries and makes them durable with one `fdatasync`;
+//! 3. sends the messages that promise what is on disk (votes, acknowledgements);
+//! 4. applies committed entries to the lock table, unless this node is the leader (its
+//!    table decided them already, see below).
+//!
+//! The table: a leader's table decides requests and runs ahead of the committed log by the
+//! entries in flight (their replies wait for the commit: [`LockTable::begin_commit`]).
+//! A follower's table applies committed entries, leases counted from when it applies
+//! them (later than the leader counted, so never early). Whenever this node stops leading,
+//! or starts serving as leader, the table is rebuilt from the newest snapshot and the
+//! committed log, with `now` as the time every lease starts: a new leader honours every
+//! lease it inherits in full, and a deposed one forgets what it decided but never
+//! committed. Ephemeral locks and waiters are not in the log, so they end with the
+//! leadership; their clients are told NOT_LEADER.
+//!
+//! Fencing tokens are `term << 40 | counter`: each leader stamps its term, and terms only
+//! grow, so tokens grow across every change of leader (see `tokens.rs`).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kahu_protocol::{ErrorCode, ProtocolError};
+
+use super::table::{LockTable, Output, Restorer};
+use super::tokens::{TokenSource, EPOCH_MAX};
+use super::worker::{send, send_committed};
+use super::{PeerOutbox, ReplyTo, ShardStats, WorkerCounters};
+use crate::raft::{
+    self, HardState, Membership, NodeId, Raft, Ready, Role, RoleChange, SnapshotMeta,
+};
+use crate::wal::record::{Command, Entry};
+use crate::wal::snapshot::Snapshot;
+use crate::wal::storage::Storage;
+use crate::wal::{raft_state, Replay, Wal, WalError};
+
+/// How often the Raft core ticks, and its timeouts in ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    pub tick: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            tick: Duration::from_millis(50),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+        }
+    }
+}
+
+/// What recovery read from a shard's log, for the Raft core to start from.
+#[derive(Debug, Default)]
+pub(super) struct LogContents {
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+}
+
+impl LogContents {
+    /// The largest fencing token the log holds.
+    pub fn token_max(&self) -> u64 {
+        let in_snapshot = self
+            .snapshot
+            .iter()
+            .flat_map(|snapshot| snapshot.locks.iter().map(|lock| lock.token));
+        let in_entries = self.entries.iter().filter_map(|entry| match &entry.kind {
+            crate::raft::EntryKind::Command(Command::Grant { token, .. }) => Some(*token),
+            _ => None,
+        });
+        in_snapshot.chain(in_entries).max().unwrap_or(0)
+    }
+}
+
+impl Replay for LogContents {
+    fn restore(&mut self, snapshot: &Snapshot) {
+        self.snapshot = Some(snapshot.clone());
+    }
+
+    fn apply(&mut self, entry: &Entry) {
+        self.entries.push(entry.clone());
+    }
+}
+
+/// Entries written but not yet durable: the ready is finished once a retry succeeds.
+struct Unpersisted {
+    ready: Ready<Command>,
+    appended: bool,
+}
+
+pub(super) struct Replica {
+    shard: usize,
+    raft: Raft<Command>,
+    wal: Wal,
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    /// The term and vote on disk.
+    stored: HardState,
+    table: LockTable<ReplyTo>,
+    waiters_per_lock_max: usize,
+    stats: Arc<ShardStats>,
+    counters: WorkerCounters,
+    peers: Arc<dyn PeerOutbox>,
+    timing: RaftTiming,
+    next_tick: Instant,
+    /// Leading, with every entry before the term applied: requests are served.
+    serving: bool,
+    /// The term this node serves in.
+    serving_term: u64,
+    /// Table commit sequences and the last Raft index proposed in each, oldest first.
+    proposals: VecDeque<(u64, u64)>,
+    unpersisted: Option<Unpersisted>,
+    /// The leader cannot grant: its term does not fit in a token.
+    stalled: bool,
+}
+
+/// How to build a replica.
+pub(super) struct ReplicaParts {
+    pub shard: usize,
+    pub node: NodeId,
+    pub founding: Membership,
+    pub wal: Wal,
+    pub contents: LogContents,
+    pub storage: Arc<dyn Storage>,
+    pub dir: PathBuf,
+    pub stored: HardState,
+    /// The lowest term to start from (tokens of an older run must stay below every new
+    /// one, see `ShardSet::start`).
+    pub term_floor: u64,
+    pub waiters_per_lock_max: usize,
+    pub stats: Arc<ShardStats>,
+    pub peers: Arc<dyn PeerOutbox>,
+    pub timing: RaftTiming,
+    pub seed: u64,
+}
+
+impl Replica {
+    pub(super) fn new(parts: ReplicaParts) -> Result<Replica, raft::ConfigError> {
+        let snapshot = parts
+            .contents
+            .snapshot
+            .as_ref()
+            .map(|snapshot| raft::Snapshot {
+                meta: SnapshotMeta {
+                    index: snapshot.last_index,
+                    term: snapshot.last_term,
+                    membership: if snapshot.voters.is_empty() {
+                        parts.founding.clone()
+                    } else {
+                        Membership::new(snapshot.voters.iter().copied())
+                    },
+                },
+                // Read from the snapshot file when a follower needs it.
+                data: Bytes::new(),
+            });
+        let hard_state = HardState {
+            term: parts.stored.term.max(parts.term_floor),
+            vote: if parts.stored.term >= parts.term_floor {
+                parts.stored.vote
+            } else {
+                0
+            },
+            commit: 0,
+        };
+        let mut config = raft::Config::new(parts.node);
+        config.election_ticks = parts.timing.election_ticks;
+        config.heartbeat_ticks = parts.timing.heartbeat_ticks;
+        config.seed = parts.seed;
+        let raft = Raft::new(
+            config,
+            raft::InitialState {
+                hard_state,
+                snapshot,
+                entries: parts.contents.entries,
+                founding_membership: parts.founding,
+            },
+        )?;
+        Ok(Replica {
+            shard: parts.shard,
+            raft,
+            wal: parts.wal,
+            storage: parts.storage,
+            dir: parts.dir,
+            stored: parts.stored,
+            table: LockTable::new(TokenSource::new(1), parts.waiters_per_lock_max),
+            waiters_per_lock_max: parts.waiters_per_lock_max,
+            stats: parts.stats,
+            counters: WorkerCounters::default(),
+            peers: parts.peers,
+            timing: parts.timing,
+            next_tick: Instant::now() + parts.timing.tick,
+            serving: false,
+            serving_term: 0,
+            proposals: VecDeque::new(),
+            unpersisted: None,
+            stalled: false,
+        })
+    }
+
+    /// Starts the group member: a one-voter group elects itself at once.
+    pub(super) fn start(&mut self, now: Instant, output: &mut Output<ReplyTo>) {
+        let membership = self.raft.membership();
+        if membership.voters.len() == 1 && membership.contains(self.raft.id()) {
+            self.raft.campaign_now();
+        }
+        self.finish_turn(now, output);
+    }
+
+    pub(super) fn is_serving(&self) -> bool {
+        self.serving && !self.stalled && self.raft.transfer_target().is_none()
+    }
+
+    pub(super) fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    pub(super) fn is_stalled(&self) -> bool {
+        self.stalled
+    }
+
+    pub(super) fn table(&mut self) -> &mut LockTable<ReplyTo> {
+        &mut self.table
+    }
+
+    pub(super) fn counters(&mut self) -> &mut WorkerCounters {
+        &mut self.counters
+    }
+
+    /// When the worker must wake up even if nothing arrives.
+    pub(super) fn next_deadline(&self) -> Instant {
+        let lease = if self.is_serving() {
+            self.table.next_deadline()
+        } else {
+            None
+        };
+        lease.map_or(self.next_tick, |lease| lease.min(self.next_tick))
+    }
+
+    pub(super) fn tick_if_due(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.raft.tick();
+        self.next_tick += self.timing.tick;
+        if self.next_tick <= now {
+            // Far behind (a long pause): tick once and start counting again from now.
+            self.next_tick = now + self.timing.tick;
+        }
+    }
+
+    pub(super) fn step(&mut self, message: raft::Message<Command>) {
+        self.raft.step(message);
+    }
+
+    pub(super) fn peer_unreachable(&mut self, node: NodeId) {
+        self.raft.report_unreachable(node);
+    }
+
+    pub(super) fn fire_timers(
+        &mut self,
+        now: Instant,
+        timers_max: usize,
+        output: &mut Output<ReplyTo>,
+    ) {
+        if self.table.tokens().needs_new_epoch() {
+            // The grant counter of this term is nearly used up: lead again in a new term.
+            tracing::info!(
+                shard = self.shard,
+                "grant counter nearly exhausted; starting a new term"
+            );
+            self.raft.step_down();
+            self.raft.campaign_now();
+            return;
+        }
+        self.table.fire_timers(now, timers_max, output);
+    }
+
+    pub(super) fn cancel_connection(
+        &mut self,
+        connection_id: u64,
+        now: Instant,
+        output: &mut Output<ReplyTo>,
+    ) {
+        self.table.cancel_connection(connection_id, now, output);
+    }
+
+    pub(super) fn fail_waiters(&mut self, error: &ProtocolError, output: &mut Output<ReplyTo>) {
+        self.table.fail_all_waiters(error, output);
+    }
+
+    /// The server is stopping: leadership is not handed over (the process is going), but
+    /// nothing new is served.
+    pub(super) fn stop(&mut self) {}
+
+    /// The reply to a request this node cannot serve now.
+    pub(super) fn not_serving(&self) -> ProtocolError {
+        if self.stalled {
+            return ProtocolError::new(
+                ErrorCode::Internal,
+                format!(
+                    "shard {}: the Raft term {} no longer fits in a fencing token",
+                    self.shard,
+                    self.raft.term()
+                ),
+            );
+        }
+        let message = match self.raft.leader() {
+            Some(leader) if leader == self.raft.id() => {
+                format!(
+                    "shard {}: this node was just elected and is catching up; retry",
+                    self.shard
+                )
+            }
+            Some(leader) => match self.peers.client_address(leader) {
+                Some(address) => format!(
+                    "shard {} is led by node {leader}; ask leader={address}",
+                    self.shard
+                ),
+                None => format!("shard {} is led by node {leader}", self.shard),
+            },
+            None => format!(
+                "shard {} has no leader right now (election in progress); retry",
+                self.shard
+            ),
+        };
+        ProtocolError::new(ErrorCode::NotLeader, message)
+    }
+
+    /// Ends a turn: proposes the turn's decisions, sends the replies that need nothing,
+    /// drives the Raft core until it has nothing to do, then sends the replies whose
+    /// decisions are committed.
+    pub(super) fn finish_turn(&mut self, now: Instant, output: &mut Output<ReplyTo>) {
+        self.publish();
+        if !output.log.is_empty() {
+            let commands = std::mem::take(&mut output.log);
+            let last = self
+                .raft
+                .propose(commands)
+                .expect("only a serving leader decides");
+            let seq = self.table.commit_seq();
+            self.table.begin_commit(seq + 1);
+            self.proposals.push_back((seq, last));
+        }
+        send(&mut output.replies);
+        self.drive(now, output);
+        self.send_committed(output);
+        self.snapshot_if_due(now);
+        self.publish();
+        send(&mut output.replies);
+    }
+
+    /// Does the core's I/O until it has none left (or the disk fails).
+    fn drive(&mut self, now: Instant, output: &mut Output<ReplyTo>) {
+        while self.unpersisted.is_none() && self.raft.has_ready() {
+            let mut ready = self.raft.ready();
+            self.peers
+                .send(self.shard, std::mem::take(&mut ready.messages));
+            if let Some(snapshot) = ready.snapshot.take() {
+                self.install_snapshot(&snapshot, now);
+            }
+            let mut unpersisted = Unpersisted {
+                ready,
+                appended: false,
+            };
+            match self.persist(&mut unpersisted) {
+                Ok(()) => self.after_persist(unpersisted.ready, now, output),
+                Err(error) => {
+                    self.storage_failed(&error, output);
+                    self.unpersisted = Some(unpersisted);
+                    return;
+                }
+            }
+            if self.raft.is_leader() && !self.serving {
+                self.start_serving_if_caught_up(now);
+            }
+        }
+    }
+
+    fn persist(&mut self, pending: &mut Unpersisted) -> Result<(), WalError> {
+        let ready = &pending.ready;
+        if let Some(state) = ready.hard_state {
+            if (state.term, state.vote) != (self.stored.term, self.stored.vote) {
+                raft_state::store(self.storage.as_ref(), &self.dir, &state)?;
+                self.stored = state;
+            }
+        }
+        if !pending.appended {
+            if let Some(first) = ready.entries.first() {
+                if first.index < self.wal.next_index() {
+                    self.wal.truncate_from(first.index)?;
+                }
+                for entry in &ready.entries {
+                    self.wal.append(entry);
+                }
+            }
+            pending.appended = true;
+        }
+        if self.wal.has_pending() {
+            self.wal.commit()?;
+            self.counters.wal_commits_total += 1;
+        }
+        Ok(())
+    }
+
+    fn after_persist(&mut self, ready: Ready<Command>, now: Instant, output: &mut Output<ReplyTo>) {
+        self.peers.send(self.shard, ready.messages_after_persist);
+        for entry in &ready.committed {
+            self.apply_committed(entry, now);
+        }
+        if let Some(role) = ready.role {
+            self.role_changed(role, now, output);
+        }
+        self.raft.advance();
+    }
+
+    /// A follower applies what the leader decided; a leader decided it itself (its table
+    /// is ahead), or rebuilds its table when it starts serving.
+    fn apply_committed(&mut self, entry: &Entry, now: Instant) {
+        if self.raft.is_leader() {
+            return;
+        }
+        Restorer::new(&mut self.table, now).apply(entry);
+    }
+
+    fn role_changed(&mut self, role: RoleChange, now: Instant, output: &mut Output<ReplyTo>) {
+        tracing::debug!(shard = self.shard, ?role, "raft role");
+        let still_serving = role.role == Role::Leader && role.term == self.serving_term;
+        if still_serving || !self.serving {
+            return;
+        }
+        // Deposed: what this table decided but never committed, its ephemeral locks and
+        // its waiters end here.
+        self.serving = false;
+        let error = self.not_serving();
+        self.table.fail_all_waiters(&error, output);
+        let unknown = ProtocolError::new(
+            ErrorCode::NotLeader,
+            format!(
+                "{}; the request may or may not have taken effect",
+                error.message
+            ),
+        );
+        for (_, reply, _) in output.durable_replies.drain(..) {
+            output.replies.push((reply, unknown.clone().into()));
+        }
+        self.proposals.clear();
+        self.rebuild_table(now);
+    }
+
+    /// A leader serves once every entry before its term is applied: then its table,
+    /// rebuilt now, holds every decision of earlier leaders, leases counted from now.
+    fn start_serving_if_caught_up(&mut self, now: Instant) {
+        if self.raft.applied_index() < self.raft.term_start_index() {
+            return;
+        }
+        self.rebuild_table(now);
+        let term = self.raft.term();
+        self.stalled = term > EPOCH_MAX;
+        if self.stalled {
+            tracing::error!(
+                shard = self.shard,
+                term,
+                "the Raft term no longer fits in a fencing token; refusing requests"
+            );
+        } else {
+            self.table.set_tokens(TokenSource::new(term));
+        }
+        self.serving = true;
+        self.serving_term = term;
+        tracing::debug!(shard = self.shard, term, "serving as leader");
+    }
+
+    /// Replaces the table with the newest snapshot plus the applied log.
+    fn rebuild_table(&mut self, now: Instant) {
+        let mut table = LockTable::new(TokenSource::new(1), self.waiters_per_lock_max);
+        let mut restorer = Restorer::new(&mut table, now);
+        match self.wal.load_snapshot() {
+            Ok(Some(snapshot)) => restorer.restore(&snapshot),
+            Ok(None) => {}
+            Err(error) => {
+                // The snapshot was readable at start and is replaced atomically.
+                panic!(
+                    "shard {}: cannot read back the snapshot: {error}",
+                    self.shard
+                )
+            }
+        }
+        for index in self.wal.snapshot_index() + 1..=self.raft.applied_index() {
+            let entry = self
+                .raft
+                .log_entry(index)
+                .expect("applied entries after the snapshot are in the log");
+            restorer.apply(entry);
+        }
+        self.table = table;
+    }
+
+    /// A snapshot from the leader replaces this node's log and table.
+    fn install_snapshot(&mut self, snapshot: &raft::Snapshot, now: Instant) {
+        let decoded = Snapshot::decode(&snapshot.data).unwrap_or_else(|| {
+            panic!(
+                "shard {}: the leader sent a snapshot that does not decode",
+                self.shard
+            )
+        });
+        if let Err(error) = self.wal.install_snapshot(&decoded) {
+            panic!(
+                "shard {}: cannot store the leader's snapshot: {error}",
+                self.shard
+            );
+        }
+        let mut table = LockTable::new(TokenSource::new(1), self.waiters_per_lock_max);
+        Restorer::new(&mut table, now).restore(&decoded);
+        self.table = table;
+    }
+
+    /// Replies wait for their commit sequence; Raft says which entries are committed.
+    fn send_committed(&mut self, output: &mut Output<ReplyTo>) {
+        let committed = self.raft.commit_index();
+        let mut committed_seq = None;
+        while let Some(&(seq, index)) = self.proposals.front() {
+            if index > committed {
+                break;
+            }
+            committed_seq = Some(seq);
+            self.proposals.pop_front();
+        }
+        if let Some(seq) = committed_seq {
+            self.table.commit_durable(seq);
+            send_committed(&mut output.durable_replies, seq);
+        }
+    }
+
+    /// A write or sync failed: the replies that waited for it cannot promise anything.
+    fn storage_failed(&mut self, error: &WalError, output: &mut Output<ReplyTo>) {
+        self.counters.wal_errors_total += 1;
+        tracing::error!(shard = self.shard, %error, "cannot write the write-ahead log; refusing requests until it can");
+        let failed = ProtocolError::new(
+            ErrorCode::StorageFailed,
+            format!(
+                "the write-ahead log could not be written ({error}); the request was not \
+                 acknowledged and may or may not take effect"
+            ),
+        );
+        for (_, reply, _) in output.durable_replies.drain(..) {
+            reply.send(failed.clone().into());
+        }
+        self.publish();
+    }
+
+    /// After a failed write: writes again; an error means the log is still not writable.
+    pub(super) fn retry_storage(
+        &mut self,
+        now: Instant,
+        output: &mut Output<ReplyTo>,
+    ) -> Result<(), ProtocolError> {
+        let Some(mut pending) = self.unpersisted.take() else {
+            return Ok(());
+        };
+        match self.persist(&mut pending) {
+            Ok(()) => {
+                tracing::info!(shard = self.shard, "the write-ahead log is writable again");
+                self.after_persist(pending.ready, now, output);
+                self.drive(now, output);
+                self.send_committed(output);
+                Ok(())
+            }
+            Err(error) => {
+                self.counters.wal_errors_total += 1;
+                self.unpersisted = Some(pending);
+                self.publish();
+                Err(ProtocolError::new(
+                    ErrorCode::StorageUnavailable,
+                    format!(
+                        "this shard cannot write its write-ahead log ({error}); try again later"
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// While the log cannot be written, replies about undurable decisions cannot go as
+    /// they are.
+    pub(super) fn refuse_pending(&mut self, error: &ProtocolError, output: &mut Output<ReplyTo>) {
+        for (_, reply, _) in output.durable_replies.drain(..) {
+            output.replies.push((reply, error.clone().into()));
+        }
+        self.publish();
+        send(&mut output.replies);
+    }
+
+    /// Writes a snapshot of the persistent locks once enough was logged since the last,
+    /// when the table holds exactly the applied state.
+    fn snapshot_if_due(&mut self, now: Instant) {
+        if !self.wal.wants_snapshot() || self.unpersisted.is_some() {
+            return;
+        }
+        let applied = self.raft.applied_index();
+        let table_is_applied_state = if self.raft.is_leader() {
+            self.serving && applied == self.raft.last_index()
+        } else {
+            true
+        };
+        if !table_is_applied_state || applied <= self.wal.snapshot_index() {
+            return;
+        }
+        let term = self.raft.term_at(applied).expect("an applied entry");
+        let membership = self.raft.membership_at(applied).clone();
+        let snapshot = Snapshot {
+            last_index: applied,
+            last_term: term,
+            voters: membership.voters.iter().copied().collect(),
+            locks: self.table.persistent_locks(now),
+        };
+        match self.wal.compact(&snapshot) {
+            Ok(()) => {
+                self.counters.snapshots_total += 1;
+                self.raft.compact(raft::Snapshot {
+                    meta: SnapshotMeta {
+                        index: applied,
+                        term,
+                        membership,
+                    },
+                    data: Bytes::new(),
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot write a snapshot; the log keeps growing until one succeeds")
+            }
+        }
+    }
+
+    fn publish(&self) {
+        self.stats
+            .publish(self.table.len(), &self.table.stats(), &self.counters);
+    }
+}
