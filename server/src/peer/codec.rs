@@ -13,27 +13,17 @@ use tokio_util::codec::{Decoder, Encoder};
 use super::frame::{FrameHeader, PeerFrame, PEER_HEADER_BYTES, PEER_MAGIC};
 use super::PeerError;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 enum DecodeState {
+    #[default]
     Head,
     Body(FrameHeader),
 }
 
 /// Decodes and encodes [`PeerFrame`]s; the same codec on both ends of a peer connection.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PeerCodec {
     state: DecodeState,
-    /// Reused for the lock commands of outgoing append messages.
-    scratch: Vec<u8>,
-}
-
-impl Default for PeerCodec {
-    fn default() -> Self {
-        PeerCodec {
-            state: DecodeState::Head,
-            scratch: Vec::new(),
-        }
-    }
 }
 
 impl Decoder for PeerCodec {
@@ -75,7 +65,7 @@ impl Encoder<&PeerFrame> for PeerCodec {
     type Error = PeerError;
 
     fn encode(&mut self, frame: &PeerFrame, dst: &mut BytesMut) -> Result<(), PeerError> {
-        frame.encode_with(dst, &mut self.scratch)
+        frame.encode(dst)
     }
 }
 

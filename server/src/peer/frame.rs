@@ -106,15 +106,6 @@ impl PeerFrame {
     /// snapshot too large, or too many messages) is refused and `dst` left as it was; the
     /// caller sends fewer messages per frame.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), PeerError> {
-        self.encode_with(dst, &mut Vec::new())
-    }
-
-    /// [`PeerFrame::encode`] with a reusable buffer for lock commands.
-    pub(super) fn encode_with(
-        &self,
-        dst: &mut BytesMut,
-        scratch: &mut Vec<u8>,
-    ) -> Result<(), PeerError> {
         let start = dst.len();
         dst.put_bytes(0, PEER_HEADER_BYTES);
         match self {
@@ -127,7 +118,7 @@ impl PeerFrame {
                 dst.put_u32_le(u32::try_from(messages.len()).unwrap_or(u32::MAX));
                 for shard_message in messages {
                     dst.put_u16_le(shard_message.shard);
-                    put_message(dst, &shard_message.message, scratch);
+                    put_message(dst, &shard_message.message);
                     if dst.len() - start > PEER_FRAME_BYTES_MAX {
                         break; // refused below; stop copying
                     }

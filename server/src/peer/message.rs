@@ -13,29 +13,32 @@
 //! type  8 HEARTBEAT_RESPONSE  context u64
 //! type  9 INSTALL_SNAPSHOT    index u64 | term u64 | membership | data_len u32 | data
 //! type 10 TIMEOUT_NOW         (no fields)
-//! entry      = index u64 | term u64 | kind u8 | fields
-//! kind  1 NOOP                (no fields)
-//! kind  2 COMMAND             command, as in the write-ahead log (crate::wal::record):
-//!                             GRANT 1 | token u64 | ttl_ms u64 | key bytes16 | owner bytes16
-//!                             RELEASE 2 | token u64 | key bytes16
-//!                             EXTEND 3 | token u64 | ttl_ms u64 | key bytes16
-//! kind  3 MEMBERSHIP          membership
-//! membership = count u16 | count x voter u64        (strictly ascending, never 0)
+//! entry      = index u64 | term u64 | kind u8 | fields    (the write-ahead log's ENTRY
+//!                                                         payload, crate::wal::record)
+//! kind  1 GRANT               token u64 | ttl_ms u64 | key bytes16 | owner bytes16
+//! kind  2 RELEASE             token u64 | key bytes16
+//! kind  3 EXTEND              token u64 | ttl_ms u64 | key bytes16
+//! kind  4 NOOP                (no fields)
+//! kind  5 MEMBERSHIP          membership
+//! membership = count u16 | count x voter u64   (strictly ascending, never 0, count <= 255)
 //! bool       = u8, 0 or 1
 //! bytes16    = length u16 | bytes
 //! ```
 //!
 //! Little-endian, no padding. In a BATCH frame each message follows its `shard u16`. The
 //! fields are the ones of [`MessageBody`] in declaration order, so the table and the enum
-//! read alike. A command is the very bytes the log stores, so a follower could append it
-//! without re-encoding.
+//! read alike. Entries and memberships are encoded and decoded by the write-ahead log's own
+//! code: an entry is the very bytes the log stores, so one encoding exists for both and a
+//! follower could append it without re-encoding.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::reader::Reader;
 use super::PeerError;
-use crate::raft::{Entry, EntryKind, Membership, Message, MessageBody, Snapshot, SnapshotMeta};
-use crate::wal::record::{encode_command, Command};
+use crate::raft::{Message, MessageBody, Snapshot, SnapshotMeta};
+use crate::wal::record::{
+    decode_entry_payload, decode_membership, encode_entry_payload, encode_membership, Command,
+};
 
 /// Which shard (Raft group) a message is for: `0..shard_count`.
 pub type ShardId = u16;
@@ -63,13 +66,9 @@ const TYPE_HEARTBEAT_RESPONSE: u8 = 8;
 const TYPE_INSTALL_SNAPSHOT: u8 = 9;
 const TYPE_TIMEOUT_NOW: u8 = 10;
 
-const KIND_NOOP: u8 = 1;
-const KIND_COMMAND: u8 = 2;
-const KIND_MEMBERSHIP: u8 = 3;
-
 /// Appends one message to `dst`.
 pub fn encode_message(message: &Message<Command>, dst: &mut BytesMut) {
-    put_message(dst, message, &mut Vec::new());
+    put_message(dst, message);
 }
 
 /// Decodes `src`, which must hold exactly one message.
@@ -80,9 +79,8 @@ pub fn decode_message(src: Bytes) -> Result<Message<Command>, PeerError> {
     Ok(message)
 }
 
-/// Appends one message to `dst`. `scratch` is reused for the commands, which the write-ahead
-/// log's encoder writes into a `Vec`.
-pub(super) fn put_message(dst: &mut BytesMut, message: &Message<Command>, scratch: &mut Vec<u8>) {
+/// Appends one message to `dst`.
+pub(super) fn put_message(dst: &mut BytesMut, message: &Message<Command>) {
     dst.put_u64_le(message.from);
     dst.put_u64_le(message.to);
     dst.put_u64_le(message.term);
@@ -125,7 +123,7 @@ pub(super) fn put_message(dst: &mut BytesMut, message: &Message<Command>, scratc
             dst.put_u64_le(*commit);
             dst.put_u32_le(u32::try_from(entries.len()).expect("more than u32::MAX entries"));
             for entry in entries {
-                put_entry(dst, entry, scratch);
+                encode_entry_payload(entry, dst);
             }
         }
         MessageBody::AppendResponse {
@@ -153,39 +151,13 @@ pub(super) fn put_message(dst: &mut BytesMut, message: &Message<Command>, scratc
             dst.put_u8(TYPE_INSTALL_SNAPSHOT);
             dst.put_u64_le(snapshot.meta.index);
             dst.put_u64_le(snapshot.meta.term);
-            put_membership(dst, &snapshot.meta.membership);
+            encode_membership(&snapshot.meta.membership, dst);
             // A snapshot past u32::MAX is past PEER_FRAME_BYTES_MAX too; the frame encoder
             // refuses it, so saturating here only keeps this function total.
             dst.put_u32_le(u32::try_from(snapshot.data.len()).unwrap_or(u32::MAX));
             dst.put_slice(&snapshot.data);
         }
         MessageBody::TimeoutNow => dst.put_u8(TYPE_TIMEOUT_NOW),
-    }
-}
-
-fn put_entry(dst: &mut BytesMut, entry: &Entry<Command>, scratch: &mut Vec<u8>) {
-    dst.put_u64_le(entry.index);
-    dst.put_u64_le(entry.term);
-    match &entry.kind {
-        EntryKind::Noop => dst.put_u8(KIND_NOOP),
-        EntryKind::Command(command) => {
-            dst.put_u8(KIND_COMMAND);
-            scratch.clear();
-            encode_command(command, scratch);
-            dst.put_slice(scratch);
-        }
-        EntryKind::Membership(membership) => {
-            dst.put_u8(KIND_MEMBERSHIP);
-            put_membership(dst, membership);
-        }
-    }
-}
-
-fn put_membership(dst: &mut BytesMut, membership: &Membership) {
-    let count = u16::try_from(membership.voters.len()).expect("more than u16::MAX voters");
-    dst.put_u16_le(count);
-    for &voter in &membership.voters {
-        dst.put_u64_le(voter);
     }
 }
 
@@ -243,7 +215,7 @@ fn read_append(reader: &mut Reader) -> Result<MessageBody<Command>, PeerError> {
     reader.check_count(count, ENTRY_BYTES_MIN, "count")?;
     let mut entries = Vec::with_capacity(count);
     for _ in 0..count {
-        entries.push(read_entry(reader)?);
+        entries.push(reader.decode("entry", decode_entry_payload)?);
     }
     Ok(MessageBody::Append {
         prev_index,
@@ -253,22 +225,10 @@ fn read_append(reader: &mut Reader) -> Result<MessageBody<Command>, PeerError> {
     })
 }
 
-fn read_entry(reader: &mut Reader) -> Result<Entry<Command>, PeerError> {
-    let index = reader.u64("index")?;
-    let term = reader.u64("term")?;
-    let kind = match reader.u8("kind")? {
-        KIND_NOOP => EntryKind::Noop,
-        KIND_COMMAND => EntryKind::Command(reader.command()?),
-        KIND_MEMBERSHIP => EntryKind::Membership(read_membership(reader)?),
-        other => return Err(reader.malformed(format!("unknown entry kind {other}"))),
-    };
-    Ok(Entry { index, term, kind })
-}
-
 fn read_install_snapshot(reader: &mut Reader) -> Result<MessageBody<Command>, PeerError> {
     let index = reader.u64("index")?;
     let term = reader.u64("term")?;
-    let membership = read_membership(reader)?;
+    let membership = reader.decode("membership", decode_membership)?;
     let data_len = reader.u32("data_len")? as usize;
     let data = reader.bytes(data_len, "data")?;
     Ok(MessageBody::InstallSnapshot {
@@ -281,22 +241,4 @@ fn read_install_snapshot(reader: &mut Reader) -> Result<MessageBody<Command>, Pe
             data,
         },
     })
-}
-
-/// Reads voters in strictly ascending order, none 0, so each membership has exactly one
-/// encoding and [`Membership::new`]'s assertion cannot fire on bytes from the network.
-fn read_membership(reader: &mut Reader) -> Result<Membership, PeerError> {
-    let count = reader.u16("voter count")? as usize;
-    reader.check_count(count, 8, "voter count")?;
-    let mut voters = Vec::with_capacity(count);
-    for _ in 0..count {
-        let voter = reader.u64("voter")?;
-        if voter <= voters.last().copied().unwrap_or(0) {
-            return Err(reader.malformed(format!(
-                "voter {voter} is 0 or not above the voter before it"
-            )));
-        }
-        voters.push(voter);
-    }
-    Ok(Membership::new(voters))
 }

@@ -5,7 +5,7 @@
 use bytes::{Buf, Bytes};
 
 use super::PeerError;
-use crate::wal::record::{decode_command, Command};
+use crate::wal::record::EntryDecodeError;
 
 pub(super) struct Reader {
     body: Bytes,
@@ -82,15 +82,22 @@ impl Reader {
         Ok(self.body.slice(self.position - length..self.position))
     }
 
-    /// A lock command in the write-ahead log's encoding.
-    pub(super) fn command(&mut self) -> Result<Command, PeerError> {
+    /// A value in the write-ahead log's encoding (an entry, a membership), read by that
+    /// encoding's own decoder; `what` names it in an error, which is placed at its start.
+    pub(super) fn decode<T>(
+        &mut self,
+        what: &'static str,
+        decode: impl FnOnce(&mut &[u8]) -> Result<T, EntryDecodeError>,
+    ) -> Result<T, PeerError> {
         let mut rest = &self.body[self.position..];
         let before = rest.len();
-        let Some(command) = decode_command(&mut rest) else {
-            return Err(self.malformed("not a lock command (short, or an unknown kind)"));
-        };
-        self.position += before - rest.len();
-        Ok(command)
+        match decode(&mut rest) {
+            Ok(value) => {
+                self.position += before - rest.len();
+                Ok(value)
+            }
+            Err(error) => Err(self.malformed(format!("{what}: {error}"))),
+        }
     }
 
     /// Checks that a count read from the body could fit in the bytes left, each item taking

@@ -8,12 +8,19 @@
 //! kind 2 RELEASE    token u64 | key bytes16
 //! kind 3 EXTEND     token u64 | ttl_ms u64 | key bytes16
 //! kind 4 NOOP       (nothing: a new Raft leader's first entry)
-//! kind 5 MEMBERSHIP n u16 | n x node id u64   (the shard's voters from this entry on)
+//! kind 5 MEMBERSHIP n u16 | n x node id u64   (the shard's voters from this entry on,
+//!                   strictly ascending, none 0, n <= voters_max: one encoding each)
 //! bytes16     = length u16 | bytes
 //! ```
 //!
 //! All integers little-endian. The checksum is CRC-32C over `type | payload`. Decoding
 //! checks the checksum first, then that the payload is exactly as long as its fields.
+//!
+//! The peer protocol (`crate::peer`) carries entries and memberships in these same bytes:
+//! an entry is the ENTRY payload ([`encode_entry_payload`]), a snapshot's voters a
+//! membership ([`encode_membership`]). The encoders write to any [`BufMut`], so the log's
+//! `Vec<u8>` and a peer frame's `BytesMut` share one piece of code, and the decoders say
+//! why bytes are not an entry ([`EntryDecodeError`]) for the peer's error messages.
 
 use bytes::{Buf, BufMut, Bytes};
 
@@ -61,6 +68,7 @@ impl Command {
 }
 
 impl crate::raft::Payload for Command {
+    /// Exactly the bytes of the command's encoding, kind byte included.
     fn size_bytes(&self) -> usize {
         match self {
             Command::Grant { key, owner, .. } => 1 + 8 + 8 + 2 + key.len() + 2 + owner.len(),
@@ -96,6 +104,19 @@ pub enum DecodeError {
     Malformed,
 }
 
+/// Why bytes are not an entry payload, an entry kind or a membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EntryDecodeError {
+    #[error("the bytes end inside a field")]
+    Short,
+    #[error("unknown entry kind {0}")]
+    UnknownKind(u8),
+    #[error("{0} voters exceed voters_max ({VOTERS_MAX})")]
+    TooManyVoters(usize),
+    #[error("voter {0} is 0 or not above the voter before it")]
+    VoterOrder(u64),
+}
+
 impl Record {
     /// Appends the encoded record to `dst`.
     pub fn encode(&self, dst: &mut Vec<u8>) {
@@ -105,9 +126,7 @@ impl Record {
         match self {
             Record::Entry(entry) => {
                 dst.put_u8(TYPE_ENTRY);
-                dst.put_u64_le(entry.index);
-                dst.put_u64_le(entry.term);
-                encode_entry_kind(&entry.kind, dst);
+                encode_entry_payload(entry, dst);
             }
             Record::HardState(state) => {
                 dst.put_u8(TYPE_HARD_STATE);
@@ -168,60 +187,97 @@ pub fn encode_entry(entry: &Entry, dst: &mut Vec<u8>) {
     dst.put_u32_le(0);
     dst.put_u32_le(0);
     dst.put_u8(TYPE_ENTRY);
-    dst.put_u64_le(entry.index);
-    dst.put_u64_le(entry.term);
-    encode_entry_kind(&entry.kind, dst);
+    encode_entry_payload(entry, dst);
     seal(dst, start);
 }
 
-/// Appends `kind u8 | fields` of an entry. Shared with the peer protocol.
-pub(crate) fn encode_entry_kind(kind: &EntryKind<Command>, dst: &mut Vec<u8>) {
+/// Appends `index u64 | term u64 | kind u8 | fields`: the ENTRY payload, and an entry of
+/// the peer protocol.
+pub(crate) fn encode_entry_payload(entry: &Entry, dst: &mut impl BufMut) {
+    dst.put_u64_le(entry.index);
+    dst.put_u64_le(entry.term);
+    encode_entry_kind(&entry.kind, dst);
+}
+
+/// Decodes an ENTRY payload from the front of `src` and advances `src` past it; on error
+/// `src` is left as it was.
+pub(crate) fn decode_entry_payload(src: &mut &[u8]) -> Result<Entry, EntryDecodeError> {
+    let mut cursor = Cursor(src);
+    let index = cursor.u64().ok_or(EntryDecodeError::Short)?;
+    let term = cursor.u64().ok_or(EntryDecodeError::Short)?;
+    let kind = decode_entry_kind(&mut cursor.0)?;
+    *src = cursor.0;
+    Ok(Entry { index, term, kind })
+}
+
+/// Appends `kind u8 | fields` of an entry.
+fn encode_entry_kind(kind: &EntryKind<Command>, dst: &mut impl BufMut) {
     match kind {
         EntryKind::Command(command) => encode_command(command, dst),
         EntryKind::Noop => dst.put_u8(KIND_NOOP),
         EntryKind::Membership(membership) => {
             dst.put_u8(KIND_MEMBERSHIP);
-            let count = membership.voters.len();
-            assert!(count <= VOTERS_MAX, "{count} voters");
-            dst.put_u16_le(count as u16);
-            for voter in &membership.voters {
-                dst.put_u64_le(*voter);
-            }
+            encode_membership(membership, dst);
         }
     }
 }
 
-/// Decodes `kind u8 | fields` from the front of `src` and advances past it; `None` if
-/// `src` does not start with a whole, valid entry kind. Shared with the peer protocol.
-pub(crate) fn decode_entry_kind(src: &mut &[u8]) -> Option<EntryKind<Command>> {
-    match *src.first()? {
+/// Decodes `kind u8 | fields` from the front of `src` and advances past it.
+fn decode_entry_kind(src: &mut &[u8]) -> Result<EntryKind<Command>, EntryDecodeError> {
+    let kind = *src.first().ok_or(EntryDecodeError::Short)?;
+    match kind {
         KIND_NOOP => {
             *src = &src[1..];
-            Some(EntryKind::Noop)
+            Ok(EntryKind::Noop)
         }
         KIND_MEMBERSHIP => {
-            let mut cursor = Cursor(&src[1..]);
-            let count = cursor.u16()? as usize;
-            if count > VOTERS_MAX {
-                return None;
-            }
-            let mut voters = std::collections::BTreeSet::new();
-            for _ in 0..count {
-                let voter = cursor.u64()?;
-                if voter == 0 || !voters.insert(voter) {
-                    return None;
-                }
-            }
-            *src = cursor.0;
-            Some(EntryKind::Membership(Membership { voters }))
+            let mut rest = &src[1..];
+            let membership = decode_membership(&mut rest)?;
+            *src = rest;
+            Ok(EntryKind::Membership(membership))
         }
-        _ => decode_command(src).map(EntryKind::Command),
+        KIND_GRANT | KIND_RELEASE | KIND_EXTEND => decode_command(src)
+            .map(EntryKind::Command)
+            .ok_or(EntryDecodeError::Short),
+        other => Err(EntryDecodeError::UnknownKind(other)),
     }
 }
 
-/// Appends the encoding of `command` (`kind u8 | fields`, above) to `dst`. Shared with the
-/// peer protocol, whose append messages carry the same commands.
-pub(crate) fn encode_command(command: &Command, dst: &mut Vec<u8>) {
+/// Appends `n u16 | n x node id u64`, the voters in ascending order.
+pub(crate) fn encode_membership(membership: &Membership, dst: &mut impl BufMut) {
+    let count = membership.voters.len();
+    assert!(count <= VOTERS_MAX, "{count} voters exceed voters_max");
+    dst.put_u16_le(count as u16);
+    for &voter in &membership.voters {
+        dst.put_u64_le(voter);
+    }
+}
+
+/// Decodes a membership from the front of `src` and advances past it. The voters must be
+/// strictly ascending and none 0, so each membership has one encoding and
+/// [`Membership::new`]'s assertion cannot fire on bytes read from a disk or a peer.
+pub(crate) fn decode_membership(src: &mut &[u8]) -> Result<Membership, EntryDecodeError> {
+    let mut cursor = Cursor(src);
+    let count = cursor.u16().ok_or(EntryDecodeError::Short)? as usize;
+    if count > VOTERS_MAX {
+        return Err(EntryDecodeError::TooManyVoters(count));
+    }
+    let mut voters = std::collections::BTreeSet::new();
+    let mut previous = 0;
+    for _ in 0..count {
+        let voter = cursor.u64().ok_or(EntryDecodeError::Short)?;
+        if voter <= previous {
+            return Err(EntryDecodeError::VoterOrder(voter));
+        }
+        voters.insert(voter);
+        previous = voter;
+    }
+    *src = cursor.0;
+    Ok(Membership { voters })
+}
+
+/// Appends the encoding of `command` (`kind u8 | fields`, above) to `dst`.
+fn encode_command(command: &Command, dst: &mut impl BufMut) {
     match command {
         Command::Grant {
             key,
@@ -249,7 +305,7 @@ pub(crate) fn encode_command(command: &Command, dst: &mut Vec<u8>) {
     }
 }
 
-fn put_bytes16(dst: &mut Vec<u8>, bytes: &[u8]) {
+fn put_bytes16(dst: &mut impl BufMut, bytes: &[u8]) {
     dst.put_u16_le(u16::try_from(bytes.len()).expect("bytes16 field longer than u16::MAX"));
     dst.put_slice(bytes);
 }
@@ -285,9 +341,8 @@ impl Cursor<'_> {
 }
 
 /// Decodes one command (`kind u8 | fields`) from the front of `src` and advances `src`
-/// past it; `None` if `src` does not start with a whole command. Shared with the peer
-/// protocol.
-pub(crate) fn decode_command(src: &mut &[u8]) -> Option<Command> {
+/// past it; `None` if `src` does not start with a whole command.
+fn decode_command(src: &mut &[u8]) -> Option<Command> {
     let mut cursor = Cursor(src);
     let command = match cursor.u8()? {
         KIND_GRANT => Command::Grant {
@@ -314,12 +369,7 @@ pub(crate) fn decode_command(src: &mut &[u8]) -> Option<Command> {
 fn decode_body(body: &[u8]) -> Option<Record> {
     let mut cursor = Cursor(body);
     let record = match cursor.u8()? {
-        TYPE_ENTRY => {
-            let index = cursor.u64()?;
-            let term = cursor.u64()?;
-            let kind = decode_entry_kind(&mut cursor.0)?;
-            Record::Entry(Entry { index, term, kind })
-        }
+        TYPE_ENTRY => Record::Entry(decode_entry_payload(&mut cursor.0).ok()?),
         TYPE_HARD_STATE => Record::HardState(HardState {
             term: cursor.u64()?,
             vote: cursor.u64()?,
@@ -406,6 +456,16 @@ mod tests {
         }
 
         #[test]
+        fn every_entry_payload_round_trips(index in any::<u64>(), term in any::<u64>(), kind in kind_strategy()) {
+            let entry = Entry { index, term, kind };
+            let mut bytes = Vec::new();
+            encode_entry_payload(&entry, &mut bytes);
+            let mut rest = &bytes[..];
+            prop_assert_eq!(decode_entry_payload(&mut rest), Ok(entry));
+            prop_assert!(rest.is_empty());
+        }
+
+        #[test]
         fn every_flipped_bit_is_detected(record in record_strategy(), bit in any::<prop::sample::Index>()) {
             let mut bytes = Vec::new();
             record.encode(&mut bytes);
@@ -417,6 +477,72 @@ mod tests {
                 Ok((decoded, _)) => prop_assert!(false, "flipped bit {bit} decoded as {decoded:?}"),
             }
         }
+    }
+
+    /// The bytes of a membership with these voters, in this order.
+    fn voters_bytes(voters: &[u64]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.put_u16_le(voters.len() as u16);
+        for &voter in voters {
+            bytes.put_u64_le(voter);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_membership_has_one_encoding() {
+        // Phase 1: ascending voters decode, and encode back to the same bytes.
+        let bytes = voters_bytes(&[1, 2, 7]);
+        let mut rest = &bytes[..];
+        let membership = decode_membership(&mut rest).unwrap();
+        assert_eq!(membership, Membership::new([1, 2, 7]));
+        assert!(rest.is_empty());
+        let mut encoded = Vec::new();
+        encode_membership(&membership, &mut encoded);
+        assert_eq!(encoded, bytes);
+
+        // Phase 2: any other order, a repeat or node 0 is refused, and nothing is consumed.
+        for (voters, refused) in [
+            (&[2, 1][..], 1),
+            (&[1, 1][..], 1),
+            (&[0, 3][..], 0),
+            (&[3, 5, 4][..], 4),
+        ] {
+            let bytes = voters_bytes(voters);
+            let mut rest = &bytes[..];
+            assert_eq!(
+                decode_membership(&mut rest),
+                Err(EntryDecodeError::VoterOrder(refused))
+            );
+            assert_eq!(rest.len(), bytes.len());
+        }
+
+        // Phase 3: more than voters_max, and a short membership.
+        let voters: Vec<u64> = (1..=VOTERS_MAX as u64 + 1).collect();
+        let bytes = voters_bytes(&voters);
+        assert_eq!(
+            decode_membership(&mut &bytes[..]),
+            Err(EntryDecodeError::TooManyVoters(VOTERS_MAX + 1))
+        );
+        let bytes = voters_bytes(&[1, 2]);
+        assert_eq!(
+            decode_membership(&mut &bytes[..bytes.len() - 1]),
+            Err(EntryDecodeError::Short)
+        );
+    }
+
+    #[test]
+    fn a_logged_membership_out_of_order_is_malformed() {
+        let mut body = vec![TYPE_ENTRY];
+        body.extend_from_slice(&1u64.to_le_bytes()); // index
+        body.extend_from_slice(&1u64.to_le_bytes()); // term
+        body.push(KIND_MEMBERSHIP);
+        body.extend_from_slice(&voters_bytes(&[3, 2]));
+        let mut record = Vec::new();
+        record.put_u32_le(body.len() as u32);
+        record.put_u32_le(crc32c::crc32c(&body));
+        record.extend_from_slice(&body);
+        assert_eq!(Record::decode(&record), Err(DecodeError::Malformed));
     }
 
     #[test]

@@ -75,16 +75,56 @@ fn every_peer_hex_dump_in_protocol_md_is_one_valid_frame() {
     }
 }
 
+/// The frames PROTOCOL.md shows, in its order.
+fn protocol_md_examples() -> Vec<PeerFrame> {
+    let append = ShardMessage {
+        shard: 1,
+        message: Message {
+            from: 1,
+            to: 2,
+            term: 2,
+            body: MessageBody::Append {
+                prev_index: 9,
+                prev_term: 1,
+                entries: vec![
+                    Entry {
+                        index: 10,
+                        term: 2,
+                        kind: EntryKind::Noop,
+                    },
+                    grant(11, b"job", b"w1"),
+                ],
+                commit: 9,
+            },
+        },
+    };
+    vec![
+        PeerFrame::Handshake(Handshake::new(CLUSTER, 4, 1)),
+        PeerFrame::HandshakeRefused("shard count differs".to_string()),
+        PeerFrame::Batch(vec![heartbeat(3, 1, 2, 5, 7)]),
+        PeerFrame::Batch(vec![append]),
+    ]
+}
+
+#[test]
+fn the_protocol_md_dumps_are_the_examples_byte_for_byte() {
+    let examples: Vec<String> = protocol_md_examples()
+        .iter()
+        .map(|frame| hex(&encode(frame)))
+        .collect();
+    let dumps: Vec<String> = protocol_md_dumps().iter().map(|dump| hex(dump)).collect();
+    assert_eq!(
+        dumps, examples,
+        "reprint them with print_the_protocol_md_examples"
+    );
+}
+
 #[test]
 #[ignore = "not a check: prints the dumps PROTOCOL.md shows"]
 fn print_the_protocol_md_examples() {
     // For when the format changes on purpose:
     // `cargo test -p kahu-server --lib print_the_protocol -- --ignored --nocapture`.
-    for frame in [
-        PeerFrame::Handshake(Handshake::new(CLUSTER, 4, 1)),
-        PeerFrame::HandshakeRefused("shard count differs".to_string()),
-        PeerFrame::Batch(vec![heartbeat(3, 1, 2, 5, 7)]),
-    ] {
+    for frame in protocol_md_examples() {
         println!("{:?}\n{}\n", frame.kind(), hex(&encode(&frame)));
     }
 }

@@ -193,3 +193,18 @@ fn heartbeat(shard: ShardId, from: u64, to: u64, term: u64, commit: u64) -> Shar
         },
     }
 }
+
+/// An entry of term 2 at `index`: `owner` is granted `key` with token `2 << 32 | 1` for a
+/// minute.
+fn grant(index: u64, key: &'static [u8], owner: &'static [u8]) -> Entry<Command> {
+    Entry {
+        index,
+        term: 2,
+        kind: EntryKind::Command(Command::Grant {
+            key: Bytes::from_static(key),
+            owner: Bytes::from_static(owner),
+            token: (2 << 32) | 1,
+            ttl_ms: 60_000,
+        }),
+    }
+}

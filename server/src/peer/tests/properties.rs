@@ -108,16 +108,7 @@ fn one_message_of_every_kind_with_entries_of_every_kind_round_trips() {
             term: 2,
             kind: EntryKind::Noop,
         },
-        Entry {
-            index: 11,
-            term: 2,
-            kind: EntryKind::Command(Command::Grant {
-                key: Bytes::from_static(b"backup-lock"),
-                owner: Bytes::from_static(b"host-1"),
-                token: (2 << 32) | 1,
-                ttl_ms: 60_000,
-            }),
-        },
+        grant(11, b"backup-lock", b"host-1"),
         Entry {
             index: 12,
             term: 2,
