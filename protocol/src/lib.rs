@@ -20,6 +20,7 @@ pub mod frame;
 pub mod limits;
 pub mod request;
 pub mod response;
+pub mod routing;
 pub mod text;
 mod wire;
 
