@@ -1,4 +1,5 @@
-//! The connection driver: the one task that owns a client's TCP connection.
+//! The connection driver: the one task that owns a client's TCP connection to one node.
+//! A client has one driver per node it has sent a request to (see [`crate::node`]).
 //!
 //! ```text
 //! callers ──(Request, oneshot)──► unbounded mpsc ──► Driver ──frames──► server
@@ -18,14 +19,19 @@
 //! - at most [`crate::pending::REQUESTS_IN_FLIGHT_MAX`] requests are in flight; when that
 //!   many are, the driver takes no command until a reply arrives;
 //! - every command taken from the channel gets exactly one reply: its response, or an error
-//!   when the connection is lost or cannot be made. Fire-and-forget commands (the UNLOCK a
-//!   dropped guard sends) have no reply channel;
+//!   when the connection is lost or cannot be made. A command without a reply channel is
+//!   answered to nobody;
 //! - the driver holds no sender of its own channel, so it ends when the last
 //!   [`crate::Client`] is dropped, after its pending requests are answered (at most one
 //!   request timeout later).
 //!
-//! Connections are opened lazily: after a connection is lost the driver waits for the next
-//! command and then reconnects, with bounded attempts and backoff. Timeouts are kept by the
+//! Connections are opened lazily: a driver started without one (a node first named by a
+//! NOT_LEADER hint), or whose connection was lost, waits for the next command and then
+//! connects, with bounded attempts and backoff. Each HELLO answer is published where every
+//! driver of the client publishes it ([`crate::Client::server_hello`]).
+//!
+//! Where a request goes, and whether it is sent again elsewhere, is decided above the
+//! drivers (`Client::call`, [`crate::router`]); a driver only sends what it is given. Timeouts are kept by the
 //! callers (`Client::call`); a request whose caller has gone before it was written is not
 //! sent, and a reply for one whose caller has gone since is dropped.
 
@@ -50,8 +56,8 @@ use crate::pending::{PendingRequests, HELLO_REQUEST_ID};
 pub(crate) type Connection = Framed<TcpStream, ClientCodec>;
 pub(crate) type ReplySender = oneshot::Sender<Result<Response, Error>>;
 
-/// A request on its way to the driver, with the channel its answer goes back on (`None`
-/// for fire-and-forget).
+/// A request on its way to the driver, with the channel its answer goes back on (`None`:
+/// nobody waits for it).
 #[derive(Debug)]
 pub(crate) struct Command {
     pub(crate) request: Request,
@@ -158,7 +164,8 @@ pub(crate) struct Driver {
     carried: Option<Command>,
     /// Requests sent and not yet answered, by request id, tombstones included.
     pending: PendingRequests,
-    hello: watch::Sender<Arc<HelloOk>>,
+    /// Shared by every driver of one client: the latest HELLO answer from any node.
+    hello: Arc<watch::Sender<Arc<HelloOk>>>,
     wait_ms_max: Arc<AtomicU64>,
 }
 
@@ -167,7 +174,7 @@ impl Driver {
         address: String,
         options: ClientOptions,
         commands: mpsc::UnboundedReceiver<Command>,
-        hello: watch::Sender<Arc<HelloOk>>,
+        hello: Arc<watch::Sender<Arc<HelloOk>>>,
         wait_ms_max: Arc<AtomicU64>,
     ) -> Driver {
         Driver {
@@ -181,10 +188,10 @@ impl Driver {
         }
     }
 
-    /// Serves `connection`, then reconnects whenever a connection is lost and there is
-    /// something to send, until every client handle is dropped.
-    pub(crate) async fn run(mut self, connection: Connection) {
-        let mut next = Some(connection);
+    /// Serves `connection` (when the client opened one already), then connects whenever
+    /// there is no connection and something to send, until every client handle is dropped.
+    pub(crate) async fn run(mut self, connection: Option<Connection>) {
+        let mut next = connection;
         loop {
             let mut connection = match next.take() {
                 Some(connection) => connection,
@@ -213,7 +220,7 @@ impl Driver {
         };
         match connect(&self.address, &self.options).await {
             Ok((connection, hello)) => {
-                tracing::debug!(address = %self.address, "reconnected");
+                tracing::debug!(address = %self.address, "connected");
                 self.publish(hello);
                 self.carried = Some(first);
                 Some(Some(connection))

@@ -1,5 +1,5 @@
 //! The kahu client: named locks with leases and fencing tokens, over one multiplexed
-//! connection to a kahu server.
+//! connection per kahu node, routed to the leader of each key's shard in a cluster.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -26,6 +26,13 @@
 //!   [`Client::server_hello`]. A `Client` is cheap to clone; every clone shares the
 //!   connection, and requests from all of them are pipelined on it with request ids, so a
 //!   LOCK waiting on the server never holds up a GET sent after it.
+//! - [`Client::connect_cluster`] takes several seed addresses. Every keyed request goes to
+//!   the node believed to lead its key's shard (one connection per node, opened on first
+//!   use), learned from the NOT_LEADER hints the cluster answers with; a request is resent
+//!   to the leader, after a backoff during an election, or to the next node when one is
+//!   down, within a bounded budget, and never in a way that could take effect twice. The
+//!   exact rules are on [`Client::connect_cluster`]. [`Client::connect`] to one node of a
+//!   cluster works too: the other nodes are learned from the hints.
 //! - When the connection breaks, every request in flight fails with a retryable
 //!   [`Error::ConnectionLost`] (it may or may not have been applied) and the next request
 //!   reconnects, with bounded attempts and backoff.
@@ -74,9 +81,12 @@ mod driver;
 mod error;
 mod identity;
 mod lock;
+mod node;
 mod options;
 mod outcome;
 mod pending;
+mod route;
+mod router;
 
 pub use client::Client;
 pub use error::Error;

@@ -141,7 +141,10 @@ impl<'a> LockBuilder<'a> {
     /// one owner (`kahu-cli` uses `user@host` for every run), that would let a second copy
     /// of a script "acquire" the lock the first copy holds; with `if_not_held(true)` the
     /// second copy is refused instead. Connection failures are then not retried by
-    /// `acquire`, since a retry could be refused by the lock the first attempt took.
+    /// `acquire`, since a retry could be refused by the lock the first attempt took; for the
+    /// same reason a NOT_LEADER saying the LOCK "may or may not have taken effect" (a
+    /// cluster's leader lost its leadership with it in flight) is returned as an error
+    /// ([`Error::is_not_leader`]) instead of being sent to the new leader.
     pub fn if_not_held(mut self, if_not_held: bool) -> Self {
         self.if_not_held = if_not_held;
         self
@@ -399,10 +402,12 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     /// Sends UNLOCK for this guard's grant (with its token), whether or not its lease has
-    /// ended by the client's count, as [`LockGuard::release`] does.
+    /// ended by the client's count, as [`LockGuard::release`] does: in a task on the
+    /// client's runtime, routed like every request (to the leader of the key's shard,
+    /// following NOT_LEADER hints).
     fn drop(&mut self) {
         if let (Some(grant), true) = (self.grant, self.unlock_on_drop) {
-            self.client.send_and_forget(Request::Unlock(Unlock {
+            self.client.send_in_background(Request::Unlock(Unlock {
                 key: self.key.clone(),
                 owner: self.owner.clone(),
                 token: Some(grant.fencing_token),

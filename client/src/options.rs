@@ -1,6 +1,6 @@
-//! Per-client settings: timeouts, reconnect policy, the name sent in HELLO and the default
-//! owner. Each setting has a documented default; [`ClientOptions::default`] is what
-//! [`crate::Client::connect`] uses.
+//! Per-client settings: timeouts, reconnect policy, the retry budget of a request across a
+//! cluster, the name sent in HELLO and the default owner. Each setting has a documented
+//! default; [`ClientOptions::default`] is what [`crate::Client::connect`] uses.
 //!
 //! Settings are checked when a client is built ([`ClientOptions::validate`]), so a bad value
 //! fails at `connect`, not at the first request.
@@ -30,6 +30,8 @@ pub struct ClientOptions {
     pub(crate) reconnect_backoff_max: Duration,
     pub(crate) client_name: String,
     pub(crate) owner: Option<Bytes>,
+    pub(crate) route_attempts_max: u32,
+    pub(crate) route_time_max: Duration,
 }
 
 impl Default for ClientOptions {
@@ -42,6 +44,8 @@ impl Default for ClientOptions {
             reconnect_backoff_max: ClientOptions::RECONNECT_BACKOFF_MAX_DEFAULT,
             client_name: format!("kahu-client/{}", env!("CARGO_PKG_VERSION")),
             owner: None,
+            route_attempts_max: ClientOptions::ROUTE_ATTEMPTS_MAX_DEFAULT,
+            route_time_max: ClientOptions::ROUTE_TIME_MAX_DEFAULT,
         }
     }
 }
@@ -58,6 +62,10 @@ impl ClientOptions {
     pub const RECONNECT_BACKOFF_DEFAULT: Duration = Duration::from_millis(50);
     /// Default cap on the pause between attempts.
     pub const RECONNECT_BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(1);
+    /// Default number of attempts of one request across a cluster's nodes.
+    pub const ROUTE_ATTEMPTS_MAX_DEFAULT: u32 = 32;
+    /// Default time after a request's first attempt within which it may be sent again.
+    pub const ROUTE_TIME_MAX_DEFAULT: Duration = Duration::from_secs(5);
 
     /// How long to wait for each reply (default 5 s). A LOCK that waits on the server gets
     /// its wait on top of this. A request that times out may still be applied.
@@ -106,6 +114,26 @@ impl ClientOptions {
         self
     }
 
+    /// How many times one request may be sent across a cluster's nodes, the first time
+    /// included (default 32, at least 1): each NOT_LEADER hint followed, each retry after a
+    /// NOT_LEADER that names no leader, each move to another node after a failed connection
+    /// counts. When they are spent the caller gets the last answer's error
+    /// ([`crate::Error::is_not_leader`] or [`crate::Error::is_connect`]). See
+    /// [`crate::Client::connect_cluster`] for the rules.
+    pub fn route_attempts_max(mut self, attempts: u32) -> Self {
+        self.route_attempts_max = attempts;
+        self
+    }
+
+    /// How long after its first attempt a request may still be sent again to another node,
+    /// or to the same one after a pause (default 5 s); a LOCK gets its wait on top. Each
+    /// attempt still waits at most [`ClientOptions::request_timeout`] for its reply, so a
+    /// call takes at most about `route_time_max + request_timeout` (plus a LOCK's wait).
+    pub fn route_time_max(mut self, time: Duration) -> Self {
+        self.route_time_max = time;
+        self
+    }
+
     /// The pause before connection attempt number `attempt` (1 for the second attempt).
     pub(crate) fn backoff_before(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(1).min(16);
@@ -114,8 +142,9 @@ impl ClientOptions {
             .min(self.reconnect_backoff_max)
     }
 
-    /// Checks every setting: timeouts above zero, at least one attempt, a client name
-    /// within `client_name_bytes_max`, an owner within `owner_bytes_max`.
+    /// Checks every setting: timeouts above zero, at least one attempt (to connect, and per
+    /// request), a client name within `client_name_bytes_max`, an owner within
+    /// `owner_bytes_max`.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         let invalid = |message: String| ProtocolError::new(ErrorCode::Malformed, message);
         if self.request_timeout.is_zero() {
@@ -126,6 +155,9 @@ impl ClientOptions {
         }
         if self.connect_attempts_max == 0 {
             return Err(invalid("connect_attempts_max must be at least 1".into()));
+        }
+        if self.route_attempts_max == 0 {
+            return Err(invalid("route_attempts_max must be at least 1".into()));
         }
         if self.client_name.len() > CLIENT_NAME_BYTES_MAX {
             return Err(invalid(format!(
@@ -151,6 +183,8 @@ mod tests {
         assert_eq!(options.request_timeout, Duration::from_secs(5));
         assert!(options.owner.is_none());
         assert!(options.client_name.starts_with("kahu-client/"));
+        assert_eq!(options.route_attempts_max, 32);
+        assert_eq!(options.route_time_max, Duration::from_secs(5));
     }
 
     #[test]
@@ -159,6 +193,8 @@ mod tests {
         assert!(zero.validate().is_err());
         let no_attempts = ClientOptions::default().connect_attempts_max(0);
         assert!(no_attempts.validate().is_err());
+        let no_route = ClientOptions::default().route_attempts_max(0);
+        assert!(no_route.validate().is_err());
         let empty_owner = ClientOptions::default().owner("");
         assert_eq!(
             empty_owner.validate().unwrap_err().code,

@@ -42,9 +42,17 @@ pub enum UnlockOutcome {
     NotOwner(Holder),
     /// Nobody holds the lock (it was never taken, was released, or its lease ran out).
     NotHeld { last_fencing_token: Option<u64> },
+    /// Nobody holds the lock, and this UNLOCK may be what released it: in a cluster, an
+    /// earlier attempt was answered "may or may not have taken effect" (its node lost its
+    /// leadership meanwhile), and the retry found the lock not held. Either that attempt
+    /// released the grant, or the grant had ended before; it is not held any more. See
+    /// [`crate::Client::unlock_token`].
+    ReleasedUncertain { last_fencing_token: Option<u64> },
 }
 
 impl UnlockOutcome {
+    /// True for [`UnlockOutcome::Released`] only: this UNLOCK released the lock. False for
+    /// [`UnlockOutcome::ReleasedUncertain`], where that cannot be known.
     pub fn is_released(&self) -> bool {
         matches!(self, UnlockOutcome::Released { .. })
     }

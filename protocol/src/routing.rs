@@ -26,8 +26,8 @@ pub fn key_hash(key: &[u8]) -> u64 {
 }
 
 /// The shard of a key hash: the high 32 bits of `hash` scaled to `shard_count`, that is
-/// `((hash >> 32) * shard_count) >> 32`. Always below `shard_count`, which must be at least
-/// 1. (The low 32 bits are left to the server's table index, so the two uses do not
+/// `((hash >> 32) * shard_count) >> 32`. Always below `shard_count`, which must not be 0.
+/// (The low 32 bits are left to the server's table index, so the two uses do not
 /// correlate.)
 pub fn shard_of(hash: u64, shard_count: usize) -> usize {
     debug_assert!(shard_count > 0, "a node has at least one shard");

@@ -250,6 +250,7 @@ impl Output {
             UnlockOutcome::Released { fencing_token } => ("released", Some(*fencing_token), None),
             UnlockOutcome::NotOwner(holder) => ("notOwner", None, Some(holder)),
             UnlockOutcome::NotHeld { .. } => ("notHeld", None, None),
+            UnlockOutcome::ReleasedUncertain { .. } => ("releasedUncertain", None, None),
         };
         let json = UnlockJson {
             resource,
@@ -269,6 +270,11 @@ impl Output {
             UnlockOutcome::NotHeld { last_fencing_token } => {
                 format!("not held {resource}{}", last_token(*last_fencing_token))
             }
+            UnlockOutcome::ReleasedUncertain { last_fencing_token } => format!(
+                "not held {resource}{}: maybe released by this unlock (its first attempt \
+                 reached a leader that lost its leadership)",
+                last_token(*last_fencing_token)
+            ),
         });
         Exit::refused_unless(outcome.is_released())
     }
