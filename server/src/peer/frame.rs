@@ -24,7 +24,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::handshake::{decode_refusal, encode_refusal, Handshake};
-use super::message::{put_message, read_message, ShardMessage, MESSAGE_BYTES_MIN};
+use super::message::{put_message, read_message, ShardMessage, MESSAGE_BYTES_MIN, SHARD_BYTES};
 use super::reader::Reader;
 use super::PeerError;
 
@@ -45,8 +45,8 @@ pub const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
 
 const _: () = assert!(PEER_FRAME_BYTES_MAX <= u32::MAX as usize);
 
-/// Bytes of a BATCH entry before its message: the shard.
-const SHARD_BYTES: usize = 2;
+/// Bytes of a BATCH frame before its first message: the header and `count`.
+pub const BATCH_FRAME_BYTES_MIN: usize = PEER_HEADER_BYTES + 4;
 
 /// The kind byte of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +136,46 @@ impl PeerFrame {
         finish_header(&mut dst[start..], self.kind());
         Ok(())
     }
+}
+
+/// Messages cut into BATCH frames, see [`split_into_batches`].
+#[derive(Debug, Default)]
+pub struct Batches {
+    /// The messages of each frame, in the order given, and the frame's bytes.
+    pub frames: Vec<(Vec<ShardMessage>, usize)>,
+    /// Messages that do not fit in a frame of their own, in the order given.
+    pub too_large: Vec<ShardMessage>,
+}
+
+/// Cuts `messages` into as few BATCH frames as fit, each at most `frame_bytes_max` bytes
+/// (header included), keeping their order: a frame is filled until the next message would
+/// take it past the limit. A message too large for any frame is set apart.
+pub fn split_into_batches(
+    messages: impl IntoIterator<Item = ShardMessage>,
+    frame_bytes_max: usize,
+) -> Batches {
+    let mut batches = Batches::default();
+    let mut frame = Vec::new();
+    let mut frame_bytes = BATCH_FRAME_BYTES_MIN;
+    for message in messages {
+        let bytes = message.encoded_bytes();
+        if BATCH_FRAME_BYTES_MIN + bytes > frame_bytes_max {
+            batches.too_large.push(message);
+            continue;
+        }
+        if frame_bytes + bytes > frame_bytes_max {
+            batches
+                .frames
+                .push((std::mem::take(&mut frame), frame_bytes));
+            frame_bytes = BATCH_FRAME_BYTES_MIN;
+        }
+        frame.push(message);
+        frame_bytes += bytes;
+    }
+    if !frame.is_empty() {
+        batches.frames.push((frame, frame_bytes));
+    }
+    batches
 }
 
 /// Fills in the header at the front of `frame`, whose body is already written.

@@ -37,7 +37,8 @@ use super::reader::Reader;
 use super::PeerError;
 use crate::raft::{Message, MessageBody, Snapshot, SnapshotMeta};
 use crate::wal::record::{
-    decode_entry_payload, decode_membership, encode_entry_payload, encode_membership, Command,
+    decode_entry_payload, decode_membership, encode_entry_payload, encode_membership,
+    entry_payload_bytes, membership_bytes, Command,
 };
 
 /// Which shard (Raft group) a message is for: `0..shard_count`.
@@ -50,6 +51,8 @@ pub struct ShardMessage {
     pub message: Message<Command>,
 }
 
+/// Bytes of a BATCH entry before its message: the shard.
+pub const SHARD_BYTES: usize = 2;
 /// Bytes of the smallest message: `from`, `to`, `term`, `type`.
 pub const MESSAGE_BYTES_MIN: usize = 25;
 /// Bytes of the smallest entry: `index`, `term`, `kind`.
@@ -65,6 +68,33 @@ const TYPE_HEARTBEAT: u8 = 7;
 const TYPE_HEARTBEAT_RESPONSE: u8 = 8;
 const TYPE_INSTALL_SNAPSHOT: u8 = 9;
 const TYPE_TIMEOUT_NOW: u8 = 10;
+
+impl ShardMessage {
+    /// Exactly the bytes this takes in a BATCH body: the shard, then the message.
+    pub fn encoded_bytes(&self) -> usize {
+        SHARD_BYTES + message_bytes(&self.message)
+    }
+}
+
+/// Exactly the bytes [`encode_message`] appends for `message`, so a sender can fill frames
+/// up to `peer_frame_bytes_max` without encoding anything twice.
+pub fn message_bytes(message: &Message<Command>) -> usize {
+    let fields = match &message.body {
+        MessageBody::PreVote { .. } | MessageBody::Heartbeat { .. } => 16,
+        MessageBody::PreVoteResponse { .. } | MessageBody::VoteResponse { .. } => 1,
+        MessageBody::Vote { .. } => 17,
+        MessageBody::Append { entries, .. } => {
+            28 + entries.iter().map(entry_payload_bytes).sum::<usize>()
+        }
+        MessageBody::AppendResponse { .. } => 25,
+        MessageBody::HeartbeatResponse { .. } => 8,
+        MessageBody::InstallSnapshot { snapshot } => {
+            16 + membership_bytes(&snapshot.meta.membership) + 4 + snapshot.data.len()
+        }
+        MessageBody::TimeoutNow => 0,
+    };
+    MESSAGE_BYTES_MIN + fields
+}
 
 /// Appends one message to `dst`.
 pub fn encode_message(message: &Message<Command>, dst: &mut BytesMut) {

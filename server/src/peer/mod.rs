@@ -65,7 +65,7 @@ mod tests;
 pub use codec::PeerCodec;
 pub use frame::{FrameKind, PeerFrame, PEER_FRAME_BYTES_MAX, PEER_HEADER_BYTES, PEER_MAGIC};
 pub use handshake::{Handshake, HandshakeError, PEER_PROTOCOL_VERSION, REFUSAL_REASON_BYTES_MAX};
-pub use message::{decode_message, encode_message, ShardId, ShardMessage};
+pub use message::{decode_message, encode_message, message_bytes, ShardId, ShardMessage};
 
 /// Why bytes from a peer are not a frame. Every variant but [`PeerError::Io`] means the
 /// peer sent something this node cannot trust; the connection should be closed.

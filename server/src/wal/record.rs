@@ -17,8 +17,8 @@
 //! checks the checksum first, then that the payload is exactly as long as its fields.
 //!
 //! The peer protocol (`crate::peer`) carries entries and memberships in these same bytes:
-//! an entry is the ENTRY payload ([`encode_entry_payload`]), a snapshot's voters a
-//! membership ([`encode_membership`]). The encoders write to any [`BufMut`], so the log's
+//! an entry is the ENTRY payload (`encode_entry_payload`), a snapshot's voters a
+//! membership (`encode_membership`). The encoders write to any [`BufMut`], so the log's
 //! `Vec<u8>` and a peer frame's `BytesMut` share one piece of code, and the decoders say
 //! why bytes are not an entry ([`EntryDecodeError`]) for the peer's error messages.
 
@@ -199,6 +199,16 @@ pub(crate) fn encode_entry_payload(entry: &Entry, dst: &mut impl BufMut) {
     encode_entry_kind(&entry.kind, dst);
 }
 
+/// Exactly the bytes [`encode_entry_payload`] appends for `entry`.
+pub(crate) fn entry_payload_bytes(entry: &Entry) -> usize {
+    let kind_bytes = match &entry.kind {
+        EntryKind::Command(command) => crate::raft::Payload::size_bytes(command),
+        EntryKind::Noop => 1,
+        EntryKind::Membership(membership) => 1 + membership_bytes(membership),
+    };
+    16 + kind_bytes
+}
+
 /// Decodes an ENTRY payload from the front of `src` and advances `src` past it; on error
 /// `src` is left as it was.
 pub(crate) fn decode_entry_payload(src: &mut &[u8]) -> Result<Entry, EntryDecodeError> {
@@ -251,6 +261,11 @@ pub(crate) fn encode_membership(membership: &Membership, dst: &mut impl BufMut) 
     for &voter in &membership.voters {
         dst.put_u64_le(voter);
     }
+}
+
+/// Exactly the bytes [`encode_membership`] appends for `membership`.
+pub(crate) fn membership_bytes(membership: &Membership) -> usize {
+    2 + 8 * membership.voters.len()
 }
 
 /// Decodes a membership from the front of `src` and advances past it. The voters must be
@@ -456,10 +471,11 @@ mod tests {
         }
 
         #[test]
-        fn every_entry_payload_round_trips(index in any::<u64>(), term in any::<u64>(), kind in kind_strategy()) {
+        fn every_entry_payload_round_trips_in_the_bytes_it_claims(index in any::<u64>(), term in any::<u64>(), kind in kind_strategy()) {
             let entry = Entry { index, term, kind };
             let mut bytes = Vec::new();
             encode_entry_payload(&entry, &mut bytes);
+            prop_assert_eq!(entry_payload_bytes(&entry), bytes.len());
             let mut rest = &bytes[..];
             prop_assert_eq!(decode_entry_payload(&mut rest), Ok(entry));
             prop_assert!(rest.is_empty());

@@ -4,9 +4,10 @@ use super::*;
 
 proptest! {
     #[test]
-    fn every_message_round_trips(message in message_strategy()) {
+    fn every_message_round_trips_in_the_bytes_it_claims(message in message_strategy()) {
         let mut bytes = BytesMut::new();
         encode_message(&message, &mut bytes);
+        prop_assert_eq!(message_bytes(&message), bytes.len());
         prop_assert_eq!(decode_message(bytes.freeze()).unwrap(), message);
     }
 
@@ -197,4 +198,37 @@ fn one_message_of_every_kind_with_entries_of_every_kind_round_trips() {
         Some(frame)
     );
     assert!(bytes.is_empty());
+}
+
+proptest! {
+    #[test]
+    fn a_burst_is_split_into_full_frames_in_order_each_within_the_limit(
+        frame in batch_strategy(),
+        frame_bytes_max in 40usize..400,
+    ) {
+        let PeerFrame::Batch(messages) = frame else { unreachable!("a batch") };
+        let batches = frame::split_into_batches(messages.clone(), frame_bytes_max);
+
+        // Phase 1: each frame is at most the limit, and exactly the bytes it claims.
+        for (frame_messages, frame_bytes) in &batches.frames {
+            prop_assert!(*frame_bytes <= frame_bytes_max);
+            prop_assert_eq!(encode(&PeerFrame::Batch(frame_messages.clone())).len(), *frame_bytes);
+        }
+        // Phase 2: a frame was closed only when the next message did not fit.
+        for pair in batches.frames.windows(2) {
+            let (_, bytes) = &pair[0];
+            let next = pair[1].0[0].encoded_bytes();
+            prop_assert!(bytes + next > frame_bytes_max);
+        }
+        // Phase 3: nothing lost, nothing reordered; only what fits no frame is set apart.
+        let fits = |message: &ShardMessage| {
+            frame::BATCH_FRAME_BYTES_MIN + message.encoded_bytes() <= frame_bytes_max
+        };
+        let sent: Vec<ShardMessage> =
+            batches.frames.iter().flat_map(|(messages, _)| messages.clone()).collect();
+        let expected: Vec<ShardMessage> = messages.iter().filter(|m| fits(m)).cloned().collect();
+        prop_assert_eq!(sent, expected);
+        let apart: Vec<ShardMessage> = messages.into_iter().filter(|m| !fits(m)).collect();
+        prop_assert_eq!(batches.too_large, apart);
+    }
 }
