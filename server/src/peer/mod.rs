@@ -1,10 +1,13 @@
-//! The peer protocol: how kahu nodes carry Raft traffic to each other, as bytes.
+//! The peer protocol: how kahu nodes carry Raft traffic to each other, as bytes and over
+//! TCP.
 //!
 //! What: the frames one node sends another over its own TCP connection (the peer port,
 //! apart from the client port): a handshake that proves both ends belong to the same
 //! cluster, then batches of Raft messages, each tagged with the shard (Raft group) it is
-//! for. Pure byte code, like [`kahu_protocol`]'s codecs: [`PeerCodec`] works on buffers and
-//! a later connection task wraps it in `Framed<TcpStream, PeerCodec>`.
+//! for. The byte code is pure, like [`kahu_protocol`]'s codecs: [`PeerCodec`] works on
+//! buffers. The connections that carry the frames are [`transport`]'s ([`PeerNetwork`]):
+//! one outbound connection per other node, on which this node sends, and the connections
+//! it accepted, on which it receives.
 //!
 //! Why batches: a shard worker drains its queue and produces one round of messages per
 //! loop turn; a node runs many shards, and their messages to one peer go out as one frame
@@ -41,7 +44,8 @@
 //! id, same shard count, a node id that is neither 0 nor its own. It answers
 //! HANDSHAKE_ACCEPTED with its own identity, or HANDSHAKE_REFUSED with the reason and
 //! closes. The connecting node checks the accepted identity the same way. Only then do
-//! BATCH frames flow, in both directions.
+//! BATCH frames flow, from the connecting node to the accepting node only: each direction
+//! between two nodes has its own connection.
 //!
 //! # Invariants
 //! - Decoding never panics and never allocates more than the frame's checked length:
@@ -56,8 +60,12 @@
 pub mod codec;
 pub mod frame;
 pub mod handshake;
+mod inbound;
 pub mod message;
+mod outbound;
+mod outbox;
 mod reader;
+pub mod transport;
 
 #[cfg(test)]
 mod tests;
@@ -66,6 +74,10 @@ pub use codec::PeerCodec;
 pub use frame::{FrameKind, PeerFrame, PEER_FRAME_BYTES_MAX, PEER_HEADER_BYTES, PEER_MAGIC};
 pub use handshake::{Handshake, HandshakeError, PEER_PROTOCOL_VERSION, REFUSAL_REASON_BYTES_MAX};
 pub use message::{decode_message, encode_message, message_bytes, ShardId, ShardMessage};
+pub use outbox::PeerOutboxHandle;
+pub use transport::{
+    PeerAddress, PeerConfig, PeerConfigError, PeerNetwork, RunningPeers, PEER_QUEUE_MESSAGES_MAX,
+};
 
 /// Why bytes from a peer are not a frame. Every variant but [`PeerError::Io`] means the
 /// peer sent something this node cannot trust; the connection should be closed.

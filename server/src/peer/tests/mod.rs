@@ -1,6 +1,7 @@
 //! Peer codec tests on plain bytes: round trips of every message and frame, every split and
 //! truncation point, flipped bits, lengths and counts past what the bytes can hold, the
-//! handshake rules, and the byte format pinned by a hex dump (also the one in PROTOCOL.md).
+//! handshake rules, and the byte format pinned by a hex dump (also the one in PROTOCOL.md);
+//! then the transport over loopback sockets.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
@@ -13,7 +14,10 @@ use crate::wal::record::Command;
 mod format;
 mod handshake;
 mod limits;
+mod loopback;
 mod properties;
+mod transport;
+mod transport_faults;
 
 // ---- strategies ----------------------------------------------------------------------------
 

@@ -1,0 +1,242 @@
+//! Inbound peer connections: accept, check the handshake, deliver what arrives.
+//!
+//! [`Inbound::accept_loop`] accepts on the peer port (at most
+//! [`PEER_CONNECTIONS_INBOUND_MAX`] connections at once) and runs a task per connection:
+//! read HANDSHAKE within [`PEER_HANDSHAKE_TIMEOUT`], check it ([`Handshake::check`]),
+//! answer HANDSHAKE_ACCEPTED or HANDSHAKE_REFUSED (the refusal logged at warn with its
+//! reason), then read BATCH frames. Each frame is checked whole before any of it is
+//! delivered: every message's shard below the shard count, `from` the handshaken node, `to`
+//! this node. A frame that fails, any other frame kind, or bytes that are not a frame
+//! close the connection, logged at warn; the peer reconnects and Raft resends.
+//!
+//! One connection per peer node: a node that handshakes again (it restarted, or lost a
+//! connection this side has not noticed yet) replaces its older connection, which is
+//! closed. An inbound connection is never written after the handshake, so without this a
+//! connection whose peer vanished without a reset would stay open forever.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::transport::{
+    Deliver, LinkError, PeerCounters, PEER_CONNECTIONS_INBOUND_MAX, PEER_HANDSHAKE_TIMEOUT,
+    PEER_RECONNECT_DELAY_MIN,
+};
+use super::{Handshake, PeerCodec, PeerError, PeerFrame, ShardMessage};
+use crate::raft::NodeId;
+
+/// What every inbound connection task shares.
+pub(super) struct Inbound {
+    local: Handshake,
+    deliver: Deliver,
+    counters: Arc<PeerCounters>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    /// The handshaken connection of each node: its number, and the token that closes it.
+    by_node: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
+    next_connection: AtomicU64,
+}
+
+impl Inbound {
+    pub(super) fn new(
+        local: Handshake,
+        deliver: Deliver,
+        counters: Arc<PeerCounters>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Arc<Inbound> {
+        Arc::new(Inbound {
+            local,
+            deliver,
+            counters,
+            tracker,
+            cancel,
+            by_node: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(0),
+        })
+    }
+
+    pub(super) async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, address) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a peer connection failed");
+                    tokio::time::sleep(PEER_RECONNECT_DELAY_MIN).await;
+                    continue;
+                }
+            };
+            let open = self.counters.connections_inbound.load(Ordering::Relaxed);
+            if open >= PEER_CONNECTIONS_INBOUND_MAX as u64 {
+                tracing::warn!(
+                    %address,
+                    "closed a peer connection: peer_connections_inbound_max \
+                     ({PEER_CONNECTIONS_INBOUND_MAX}) are open"
+                );
+                continue;
+            }
+            PeerCounters::add(&self.counters.connections_inbound, 1);
+            self.tracker.spawn(self.clone().serve(stream, address));
+        }
+    }
+
+    async fn serve(self: Arc<Self>, stream: TcpStream, address: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, PeerCodec::default());
+        let handshake = tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => None,
+            handshake = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, self.handshake(&mut framed)) => {
+                Some(handshake.unwrap_or(Err(LinkError::Timeout(PEER_HANDSHAKE_TIMEOUT))))
+            }
+        };
+        match handshake {
+            None => {}
+            Some(Ok(node)) => self.read_batches(framed, node, address).await,
+            Some(Err(error)) => {
+                tracing::warn!(%address, %error, "refused a peer connection at its handshake");
+            }
+        }
+        self.counters
+            .connections_inbound
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Reads and answers the HANDSHAKE; the peer's node id if it was accepted.
+    async fn handshake(
+        &self,
+        framed: &mut Framed<TcpStream, PeerCodec>,
+    ) -> Result<NodeId, LinkError> {
+        let remote = match framed.next().await {
+            Some(Ok(PeerFrame::Handshake(remote))) => remote,
+            Some(Ok(frame)) => {
+                return Err(LinkError::UnexpectedFrame {
+                    expected: "HANDSHAKE",
+                    actual: frame.kind().name(),
+                })
+            }
+            Some(Err(error)) => return Err(error.into()),
+            None => return Err(LinkError::Closed),
+        };
+        if let Err(error) = self.local.check(&remote) {
+            PeerCounters::add(&self.counters.handshakes_refused_total, 1);
+            let _ = framed
+                .send(PeerFrame::HandshakeRefused(error.to_string()))
+                .await;
+            return Err(PeerError::from(error).into());
+        }
+        framed
+            .send(PeerFrame::HandshakeAccepted(self.local))
+            .await?;
+        Ok(remote.node_id)
+    }
+
+    /// Delivers what `node` sends until the connection ends, fails a check, is replaced or
+    /// the transport shuts down.
+    async fn read_batches(
+        &self,
+        mut framed: Framed<TcpStream, PeerCodec>,
+        node: NodeId,
+        address: SocketAddr,
+    ) {
+        let (number, closed) = self.register(node);
+        tracing::info!(node, %address, "peer connected");
+        let ended = loop {
+            let frame = tokio::select! {
+                biased;
+                () = closed.cancelled() => break None,
+                frame = framed.next() => frame,
+            };
+            let result = match frame {
+                None => Err(LinkError::Closed),
+                Some(Err(error)) => Err(error.into()),
+                Some(Ok(PeerFrame::Batch(messages))) => self.deliver(node, messages),
+                Some(Ok(frame)) => Err(LinkError::UnexpectedFrame {
+                    expected: "BATCH",
+                    actual: frame.kind().name(),
+                }),
+            };
+            if let Err(error) = result {
+                break Some(error);
+            }
+        };
+        self.unregister(node, number);
+        match ended {
+            None => tracing::debug!(node, %address, "closed a peer connection"),
+            Some(LinkError::Closed) => tracing::info!(node, %address, "peer closed its connection"),
+            Some(error) => tracing::warn!(node, %address, %error, "closed a peer connection"),
+        }
+    }
+
+    /// Checks every message of a frame from `node`, then delivers them all in order.
+    fn deliver(&self, node: NodeId, messages: Vec<ShardMessage>) -> Result<(), LinkError> {
+        for ShardMessage { shard, message } in &messages {
+            if *shard >= self.local.shard_count {
+                return Err(LinkError::ShardOutOfRange {
+                    shard: *shard,
+                    shard_count: self.local.shard_count,
+                });
+            }
+            if message.from != node {
+                return Err(LinkError::ForgedSender {
+                    node,
+                    claimed: message.from,
+                });
+            }
+            if message.to != self.local.node_id {
+                return Err(LinkError::WrongRecipient {
+                    to: message.to,
+                    local: self.local.node_id,
+                });
+            }
+        }
+        PeerCounters::add(&self.counters.messages_received_total, messages.len());
+        for ShardMessage { shard, message } in messages {
+            (self.deliver)(shard, message);
+        }
+        Ok(())
+    }
+
+    /// Records the connection of `node`, closing the one it replaces; its number and the
+    /// token that closes it.
+    fn register(&self, node: NodeId) -> (u64, CancellationToken) {
+        let number = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let closed = self.cancel.child_token();
+        let replaced = self
+            .by_node
+            .lock()
+            .expect("never poisoned: no panic while held")
+            .insert(node, (number, closed.clone()));
+        if let Some((_, replaced)) = replaced {
+            tracing::info!(node, "peer connected again; closing its older connection");
+            replaced.cancel();
+        }
+        (number, closed)
+    }
+
+    fn unregister(&self, node: NodeId, number: u64) {
+        let mut by_node = self
+            .by_node
+            .lock()
+            .expect("never poisoned: no panic while held");
+        if by_node
+            .get(&node)
+            .is_some_and(|(current, _)| *current == number)
+        {
+            by_node.remove(&node);
+        }
+    }
+}

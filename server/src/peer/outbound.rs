@@ -1,0 +1,267 @@
+//! One node's outbound connection: connect, handshake, then write what the shards queue.
+//!
+//! A task per peer node runs [`Outbound::run`]: it connects (retrying with a doubling
+//! delay), sends HANDSHAKE and checks the answer, then loops: wait for queued messages,
+//! drain everything queued, cut it into as few BATCH frames as fit
+//! ([`split_into_batches`]), write them. The connection carries no frames back; the task
+//! reads it only to notice the peer closing or breaking it. When the connection is lost it
+//! drops what is queued, calls `unreachable` once and connects again.
+//!
+//! A failed attempt is logged at warn when its error differs from the attempt before it,
+//! else at debug, so a node that stays down (or keeps refusing) is said once, not every
+//! second.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::split_into_batches;
+use super::outbox::Link;
+use super::transport::{
+    write_timeout, LinkError, PeerCounters, Unreachable, PEER_HANDSHAKE_TIMEOUT,
+    PEER_QUEUE_MESSAGES_MAX, PEER_RECONNECT_DELAY_MAX, PEER_RECONNECT_DELAY_MIN,
+};
+use super::{
+    Handshake, HandshakeError, PeerCodec, PeerError, PeerFrame, ShardMessage, PEER_FRAME_BYTES_MAX,
+};
+use crate::raft::NodeId;
+
+/// A handshaken connection. The read half is watched only for the peer closing it.
+struct Connection {
+    reader: FramedRead<OwnedReadHalf, PeerCodec>,
+    writer: OwnedWriteHalf,
+}
+
+/// The task state of one peer node's outbound connection.
+pub(super) struct Outbound {
+    link: Link,
+    local: Handshake,
+    counters: Arc<PeerCounters>,
+    unreachable: Unreachable,
+    cancel: CancellationToken,
+}
+
+impl Outbound {
+    pub(super) fn new(
+        link: Link,
+        local: Handshake,
+        counters: Arc<PeerCounters>,
+        unreachable: Unreachable,
+        cancel: CancellationToken,
+    ) -> Outbound {
+        Outbound {
+            link,
+            local,
+            counters,
+            unreachable,
+            cancel,
+        }
+    }
+
+    /// Connects, serves and reconnects until the transport shuts down.
+    pub(super) async fn run(mut self) {
+        let (node, address) = (self.link.node, self.link.address);
+        let mut delay = PEER_RECONNECT_DELAY_MIN;
+        let mut last_failure: Option<String> = None;
+        loop {
+            let attempt = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return,
+                attempt = connect(address, node, self.local) => attempt,
+            };
+            match attempt {
+                Ok(connection) => {
+                    tracing::info!(node, %address, "connected to peer");
+                    delay = PEER_RECONNECT_DELAY_MIN;
+                    last_failure = None;
+                    let lost = self.serve(connection).await;
+                    self.disconnected();
+                    let Some(error) = lost else {
+                        return;
+                    };
+                    tracing::warn!(node, %address, %error, "lost the connection to peer; reconnecting");
+                    (self.unreachable)(node);
+                }
+                Err(error) => {
+                    let failure = error.to_string();
+                    if last_failure.as_ref() == Some(&failure) {
+                        tracing::debug!(node, %address, error = %failure, "cannot connect to peer");
+                    } else {
+                        tracing::warn!(node, %address, error = %failure, "cannot connect to peer; retrying");
+                    }
+                    last_failure = Some(failure);
+                }
+            }
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(PEER_RECONNECT_DELAY_MAX);
+        }
+    }
+
+    /// Writes queued messages until the connection fails (the error) or the transport
+    /// shuts down (`None`).
+    async fn serve(&mut self, connection: Connection) -> Option<LinkError> {
+        let Connection {
+            mut reader,
+            mut writer,
+        } = connection;
+        let node = self.link.node;
+        self.link.state.connected.store(true, Ordering::Release);
+        PeerCounters::add(&self.counters.connections_outbound, 1);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return None,
+                frame = reader.next() => return Some(ended_by_peer(frame)),
+                received = self.link.queue.recv_many(&mut batch, PEER_QUEUE_MESSAGES_MAX) => {
+                    if received == 0 {
+                        return None; // the outbox is gone: nothing will be sent again
+                    }
+                }
+            }
+            let written = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return None,
+                written = write_batch(&mut writer, &mut batch, &self.counters, node) => written,
+            };
+            if let Err(error) = written {
+                return Some(error);
+            }
+            if self.link.state.overflowed.swap(false, Ordering::AcqRel) {
+                tracing::debug!(node, "the queue to peer was full; messages were dropped");
+                (self.unreachable)(node);
+            }
+        }
+    }
+
+    /// The connection is gone: later messages are dropped at the outbox, and those queued
+    /// now are dropped here.
+    fn disconnected(&mut self) {
+        self.link.state.connected.store(false, Ordering::Release);
+        self.counters
+            .connections_outbound
+            .fetch_sub(1, Ordering::Relaxed);
+        let mut dropped = 0;
+        while self.link.queue.try_recv().is_ok() {
+            dropped += 1;
+        }
+        PeerCounters::add(&self.counters.messages_dropped_total, dropped);
+        // The unreachable call for the lost connection covers any overflow before it.
+        self.link.state.overflowed.store(false, Ordering::Release);
+    }
+}
+
+/// Connects to `node` at `address` and handshakes, within [`PEER_HANDSHAKE_TIMEOUT`].
+async fn connect(
+    address: SocketAddr,
+    node: NodeId,
+    local: Handshake,
+) -> Result<Connection, LinkError> {
+    match tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake(address, node, local)).await {
+        Ok(result) => result,
+        Err(_) => Err(LinkError::Timeout(PEER_HANDSHAKE_TIMEOUT)),
+    }
+}
+
+async fn handshake(
+    address: SocketAddr,
+    node: NodeId,
+    local: Handshake,
+) -> Result<Connection, LinkError> {
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let (read, mut writer) = stream.into_split();
+    let mut reader = FramedRead::new(read, PeerCodec::default());
+    let mut bytes = BytesMut::new();
+    PeerFrame::Handshake(local).encode(&mut bytes)?;
+    writer.write_all(&bytes).await?;
+    match reader.next().await {
+        Some(Ok(PeerFrame::HandshakeAccepted(remote))) => {
+            local.check(&remote).map_err(PeerError::from)?;
+            if remote.node_id != node {
+                return Err(LinkError::WrongNode {
+                    expected: node,
+                    actual: remote.node_id,
+                });
+            }
+            Ok(Connection { reader, writer })
+        }
+        Some(Ok(PeerFrame::HandshakeRefused(reason))) => {
+            Err(PeerError::from(HandshakeError::Refused { reason }).into())
+        }
+        Some(Ok(frame)) => Err(LinkError::UnexpectedFrame {
+            expected: "HANDSHAKE_ACCEPTED",
+            actual: frame.kind().name(),
+        }),
+        Some(Err(error)) => Err(error.into()),
+        None => Err(LinkError::Closed),
+    }
+}
+
+/// Why reading an outbound connection, which should stay silent, returned.
+fn ended_by_peer(frame: Option<Result<PeerFrame, PeerError>>) -> LinkError {
+    match frame {
+        None => LinkError::Closed,
+        Some(Err(error)) => error.into(),
+        Some(Ok(frame)) => LinkError::UnexpectedFrame {
+            expected: "no frame on an outbound connection",
+            actual: frame.kind().name(),
+        },
+    }
+}
+
+/// Writes `batch` (drained) as BATCH frames, each within its write timeout. A message too
+/// large for any frame is dropped and logged; on a failed write, the rest are dropped.
+/// A TCP stream buffers nothing in user space, so a written frame needs no flush.
+async fn write_batch(
+    writer: &mut OwnedWriteHalf,
+    batch: &mut Vec<ShardMessage>,
+    counters: &PeerCounters,
+    node: NodeId,
+) -> Result<(), LinkError> {
+    let batches = split_into_batches(batch.drain(..), PEER_FRAME_BYTES_MAX);
+    for message in &batches.too_large {
+        tracing::warn!(
+            node,
+            shard = message.shard,
+            message = message.message.body.name(),
+            bytes = message.encoded_bytes(),
+            "a message larger than peer_frame_bytes_max ({PEER_FRAME_BYTES_MAX}) was dropped"
+        );
+    }
+    PeerCounters::add(&counters.messages_dropped_total, batches.too_large.len());
+    let mut frames = batches.frames.into_iter();
+    while let Some((messages, frame_bytes)) = frames.next() {
+        let count = messages.len();
+        let mut bytes = BytesMut::with_capacity(frame_bytes);
+        PeerFrame::Batch(messages)
+            .encode(&mut bytes)
+            .expect("frames are cut to fit peer_frame_bytes_max");
+        debug_assert_eq!(bytes.len(), frame_bytes);
+        let limit = write_timeout(frame_bytes);
+        let written = match tokio::time::timeout(limit, writer.write_all(&bytes)).await {
+            Ok(written) => written.map_err(LinkError::from),
+            Err(_) => Err(LinkError::Timeout(limit)),
+        };
+        if let Err(error) = written {
+            let unsent = count + frames.map(|(messages, _)| messages.len()).sum::<usize>();
+            PeerCounters::add(&counters.messages_dropped_total, unsent);
+            return Err(error);
+        }
+        PeerCounters::add(&counters.messages_sent_total, count);
+        PeerCounters::add(&counters.frames_sent_total, 1);
+    }
+    Ok(())
+}

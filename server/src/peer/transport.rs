@@ -1,0 +1,342 @@
+//! The peer transport: the TCP connections that carry Raft messages between kahu nodes.
+//!
+//! What: [`PeerNetwork::new`] makes the [`PeerOutboxHandle`] the shards send through (before
+//! any IO, since the shards start first and need it); [`PeerNetwork::start`] binds the peer
+//! port, accepts the other nodes' connections and opens one to each of them;
+//! [`RunningPeers::shutdown`] stops all of it.
+//!
+//! # Connections
+//! Each node sends on connections it opened and receives on connections it accepted, so
+//! between two nodes there are two TCP connections, one per direction:
+//! - **Outbound** (`outbound.rs`): one per other node, carrying the messages of every
+//!   shard to that node. A task connects (retrying after [`PEER_RECONNECT_DELAY_MIN`],
+//!   doubling up to [`PEER_RECONNECT_DELAY_MAX`]), sends HANDSHAKE and checks the answer, then
+//!   loops: wait for queued messages, drain everything queued, write it as BATCH frames (as
+//!   few as fit in `peer_frame_bytes_max`; one InstallSnapshot may fill a frame alone). It
+//!   never reads a BATCH: it reads only to notice the peer closing or breaking the connection.
+//! - **Inbound** (`inbound.rs`): the accepting node checks the HANDSHAKE
+//!   ([`Handshake::check`]), answers HANDSHAKE_ACCEPTED or HANDSHAKE_REFUSED (logged at
+//!   warn with the reason), then only reads BATCH frames and hands each message to
+//!   `deliver`. A frame with a message for a shard past the shard count, from another node
+//!   than the handshaken one, or to another node than this one closes the connection
+//!   (logged at warn) and none of its messages is delivered. A node keeps one inbound
+//!   connection per peer node: a new accepted handshake from a node closes the older one.
+//!
+//! # Drops
+//! The outbox never blocks a shard: each peer node has a queue of at most
+//! [`PEER_QUEUE_MESSAGES_MAX`] messages, and a message is dropped (and counted in
+//! `peer_messages_dropped_total`) when that queue is full, when the node is not connected,
+//! when its connection fails with the message queued or unwritten, and when the message is
+//! too large for any frame. Raft already resends what is lost (heartbeats, append retries,
+//! probes), so a drop costs time, not safety. So that a leader does not wait on appends it
+//! believes are in flight, `unreachable(node)` is called once per lost connection and once
+//! per burst of drops at a full queue; the shard then probes that node again.
+//!
+//! # Invariants
+//! - Messages of one shard to one node arrive in the order that shard sent them, or not at
+//!   all: one connection per direction, a FIFO queue, frames cut in order.
+//! - Nothing reaches `deliver` before the sender's handshake was accepted, and every
+//!   delivered message names the handshaken node as `from`, this node as `to`, and a shard
+//!   below the shard count.
+//! - Every wait has a bound: connecting and handshaking ([`PEER_HANDSHAKE_TIMEOUT`]), writing
+//!   a frame ([`write_timeout`]), the reconnect delay.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::inbound::Inbound;
+use super::outbound::Outbound;
+use super::outbox::{Link, PeerOutboxHandle};
+use super::{Handshake, PeerError, ShardId};
+use crate::raft::{Message, NodeId};
+use crate::wal::record::Command;
+
+/// Messages queued for one peer node at most; more are dropped until it drains. A queue is
+/// drained into one write per loop turn, so this is also the most messages one turn
+/// writes. Appends are bounded apart by Raft's flow control (`appends_in_flight_max` per
+/// shard and follower).
+pub const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
+/// Inbound peer connections open at once at most (handshaking or not); more are closed as
+/// soon as they are accepted. A cluster needs one per other node (at most `voters_max`,
+/// 255); the limit keeps a flood of connections to the peer port from taking every file
+/// descriptor.
+pub const PEER_CONNECTIONS_INBOUND_MAX: usize = 256;
+/// Longest wait for a handshake: for the connecting node, to connect, send its HANDSHAKE
+/// and read the answer; for the accepting node, to read the HANDSHAKE.
+pub const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First wait before connecting again to a node that could not be reached.
+pub const PEER_RECONNECT_DELAY_MIN: Duration = Duration::from_millis(50);
+/// Longest wait before connecting again: the wait doubles from the minimum up to this.
+pub const PEER_RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
+/// Every frame write may take this long, plus its bytes at
+/// [`PEER_WRITE_BYTES_PER_SECOND_MIN`]; a slower write means a peer that stopped reading
+/// (or vanished without a reset), and the connection is dropped.
+pub const PEER_WRITE_TIMEOUT_MIN: Duration = Duration::from_secs(5);
+/// The slowest rate a frame write may go at (1 MiB/s: a whole 64 MiB frame gets 69 s).
+pub const PEER_WRITE_BYTES_PER_SECOND_MIN: u64 = 1 << 20;
+
+/// How long writing a frame of `bytes` may take.
+pub fn write_timeout(bytes: usize) -> Duration {
+    PEER_WRITE_TIMEOUT_MIN
+        + Duration::from_millis(bytes as u64 * 1000 / PEER_WRITE_BYTES_PER_SECOND_MIN)
+}
+
+/// Where another node of the cluster is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddress {
+    /// That node's peer port.
+    pub peer: SocketAddr,
+    /// The address its clients use, given in NOT_LEADER hints.
+    pub client: String,
+}
+
+/// The peer settings of this node.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// This node's id; never 0.
+    pub node_id: NodeId,
+    /// Chosen when the cluster was created; must match on every node.
+    pub cluster_id: u128,
+    /// Shards (Raft groups) per node; must match on every node.
+    pub shard_count: u16,
+    /// Where this node accepts the other nodes' connections.
+    pub listen: SocketAddr,
+    /// The other nodes of the cluster (not this one).
+    pub peers: BTreeMap<NodeId, PeerAddress>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PeerConfigError {
+    #[error("node id 0 names no node")]
+    NodeIdZero,
+    #[error("a cluster has at least one shard")]
+    ShardCountZero,
+    #[error("node {0} is listed among its own peers")]
+    PeerIsSelf(NodeId),
+    #[error("a peer is listed as node 0, which names no node")]
+    PeerIdZero,
+}
+
+impl PeerConfig {
+    pub fn validate(&self) -> Result<(), PeerConfigError> {
+        if self.node_id == 0 {
+            return Err(PeerConfigError::NodeIdZero);
+        }
+        if self.shard_count == 0 {
+            return Err(PeerConfigError::ShardCountZero);
+        }
+        if self.peers.contains_key(&self.node_id) {
+            return Err(PeerConfigError::PeerIsSelf(self.node_id));
+        }
+        if self.peers.contains_key(&0) {
+            return Err(PeerConfigError::PeerIdZero);
+        }
+        Ok(())
+    }
+
+    pub(super) fn handshake(&self) -> Handshake {
+        Handshake::new(self.cluster_id, self.shard_count, self.node_id)
+    }
+}
+
+/// Called with each message a peer sent, from a tokio task: it must not block.
+pub type Deliver = Arc<dyn Fn(ShardId, Message<Command>) + Send + Sync>;
+/// Called with a node whose connection was lost, from a tokio task: it must not block.
+pub type Unreachable = Arc<dyn Fn(NodeId) + Send + Sync>;
+
+/// Why a peer connection ended or could not be made. Logged, then the connection is
+/// dropped (and, outbound, made again).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("no progress within {0:?}")]
+    Timeout(Duration),
+    #[error("expected {expected}, the peer sent {actual}")]
+    UnexpectedFrame {
+        expected: &'static str,
+        actual: &'static str,
+    },
+    #[error("the node at this address says it is node {actual}, not node {expected}")]
+    WrongNode { expected: NodeId, actual: NodeId },
+    #[error("a message for shard {shard}, but the cluster has {shard_count} shards")]
+    ShardOutOfRange { shard: ShardId, shard_count: u16 },
+    #[error("a message from node {claimed} on the connection of node {node}")]
+    ForgedSender { node: NodeId, claimed: NodeId },
+    #[error("a message for node {to} reached node {local}")]
+    WrongRecipient { to: NodeId, local: NodeId },
+}
+
+impl From<io::Error> for LinkError {
+    fn from(error: io::Error) -> LinkError {
+        LinkError::Peer(PeerError::Io(error))
+    }
+}
+
+/// The transport's counters, for INFO.
+#[derive(Debug, Default)]
+pub(super) struct PeerCounters {
+    pub messages_sent_total: AtomicU64,
+    pub messages_received_total: AtomicU64,
+    pub messages_dropped_total: AtomicU64,
+    pub frames_sent_total: AtomicU64,
+    pub handshakes_refused_total: AtomicU64,
+    /// Open, handshaken outbound connections.
+    pub connections_outbound: AtomicU64,
+    /// Open inbound connections, handshaken or not.
+    pub connections_inbound: AtomicU64,
+}
+
+impl PeerCounters {
+    pub(super) fn add(counter: &AtomicU64, amount: usize) {
+        counter.fetch_add(amount as u64, Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> Vec<(String, u64)> {
+        [
+            ("peer_messages_sent_total", &self.messages_sent_total),
+            (
+                "peer_messages_received_total",
+                &self.messages_received_total,
+            ),
+            ("peer_messages_dropped_total", &self.messages_dropped_total),
+            ("peer_frames_sent_total", &self.frames_sent_total),
+            (
+                "peer_handshakes_refused_total",
+                &self.handshakes_refused_total,
+            ),
+            ("peer_connections_outbound", &self.connections_outbound),
+            ("peer_connections_inbound", &self.connections_inbound),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value.load(Ordering::Relaxed)))
+        .collect()
+    }
+}
+
+/// The transport, made but not started: it owns the receiving ends of the outbox's queues.
+#[derive(Debug)]
+pub struct PeerNetwork {
+    config: PeerConfig,
+    links: Vec<Link>,
+    counters: Arc<PeerCounters>,
+}
+
+impl PeerNetwork {
+    /// Makes the outbox and the transport, without IO. Until [`PeerNetwork::start`] has
+    /// connected to a node, messages for it are dropped.
+    ///
+    /// Panics if `config` is not valid ([`PeerConfig::validate`] it first).
+    pub fn new(config: PeerConfig) -> (Arc<PeerOutboxHandle>, PeerNetwork) {
+        if let Err(error) = config.validate() {
+            panic!("invalid peer config: {error}");
+        }
+        let counters = Arc::new(PeerCounters::default());
+        let (outbox, links) = PeerOutboxHandle::new(&config, counters.clone());
+        let network = PeerNetwork {
+            config,
+            links,
+            counters,
+        };
+        (Arc::new(outbox), network)
+    }
+
+    /// The address [`PeerNetwork::start`] binds.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.config.listen
+    }
+
+    /// Binds the peer port, then accepts and opens connections until
+    /// [`RunningPeers::shutdown`]. Must be called within a tokio runtime.
+    pub async fn start(
+        self,
+        deliver: Deliver,
+        unreachable: Unreachable,
+    ) -> io::Result<RunningPeers> {
+        let listener = TcpListener::bind(self.config.listen).await?;
+        self.start_with(listener, deliver, unreachable)
+    }
+
+    /// [`PeerNetwork::start`] on a listener already bound (its address need not be
+    /// `listen`).
+    pub fn start_with(
+        self,
+        listener: TcpListener,
+        deliver: Deliver,
+        unreachable: Unreachable,
+    ) -> io::Result<RunningPeers> {
+        let local_addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let handshake = self.config.handshake();
+        let inbound = Inbound::new(
+            handshake,
+            deliver,
+            self.counters.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        );
+        tracker.spawn(inbound.accept_loop(listener));
+        for link in self.links {
+            let outbound = Outbound::new(
+                link,
+                handshake,
+                self.counters.clone(),
+                unreachable.clone(),
+                cancel.clone(),
+            );
+            tracker.spawn(outbound.run());
+        }
+        tracing::info!(
+            node = self.config.node_id,
+            address = %local_addr,
+            peers = self.config.peers.len(),
+            "peer transport started"
+        );
+        Ok(RunningPeers {
+            local_addr,
+            cancel,
+            tracker,
+            counters: self.counters,
+        })
+    }
+}
+
+/// The running transport.
+#[derive(Debug)]
+pub struct RunningPeers {
+    local_addr: SocketAddr,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    counters: Arc<PeerCounters>,
+}
+
+impl RunningPeers {
+    /// The address the peer port is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The transport's counters as INFO fields.
+    pub fn stats(&self) -> Vec<(String, u64)> {
+        self.counters.stats()
+    }
+
+    /// Stops accepting, closes every connection and waits for every task to end. Messages
+    /// still queued are dropped; `unreachable` is not called for these closes.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
