@@ -116,8 +116,9 @@ impl Client {
     ///
     /// - it goes to its shard's leader when one is known and not marked down, else home;
     /// - **NOT_LEADER naming `leader=HOST:PORT`**: the leader is recorded for the shard and
-    ///   the request is sent there at once (after a pause if that node was already tried by
-    ///   this request: the cluster's view is stale);
+    ///   the request is sent there at once (after a pause, as below, if that node itself
+    ///   sent this request on with a hint: the nodes disagree, their view is stale); a hint
+    ///   naming a node marked down counts as no hint;
     /// - **NOT_LEADER naming no leader** (an election is in progress): the shard's leader is
     ///   forgotten, and the request is sent to the next known node after a pause of 10 ms,
     ///   doubling up to 200 ms;
@@ -146,8 +147,8 @@ impl Client {
     ///   NOT_LEADER as an error.
     ///
     /// Fails with [`Error::Connect`] when no seed can be connected to (the last seed's
-    /// error), and with [`Error::InvalidRequest`] when `addresses` is empty or names more
-    /// than 64 nodes. Must be called inside a tokio runtime.
+    /// error, naming every seed), and with [`Error::InvalidRequest`] when `addresses` is
+    /// empty or names more than 64 nodes. Must be called inside a tokio runtime.
     pub async fn connect_cluster<A: ToString>(
         addresses: impl IntoIterator<Item = A>,
     ) -> Result<Client, Error> {
@@ -182,7 +183,18 @@ impl Client {
                 }
             }
         }
-        Err(last_error.expect("at least one address was tried"))
+        match last_error.expect("at least one address was tried") {
+            Error::Connect {
+                address,
+                reason,
+                source,
+            } if addresses.len() > 1 => Err(Error::Connect {
+                address,
+                reason: format!("{reason}; no seed answered ({})", addresses.join(", ")),
+                source,
+            }),
+            error => Err(error),
+        }
     }
 
     /// Builds the client around the connection to `addresses[home]`.

@@ -7,10 +7,11 @@
 //! - no attempt starts later than [`crate::ClientOptions::route_time_max`] (default 5 s)
 //!   after the first, plus the request's own server-side wait (a LOCK's `wait_ms`);
 //! - after a NOT_LEADER that names no leader (an election is in progress), or one whose
-//!   hint sends the request back to a node it has already tried (the cluster's view is
-//!   stale), the next attempt waits [`NOT_LEADER_BACKOFF_FIRST`] (10 ms), doubling after
-//!   each such pause up to [`NOT_LEADER_BACKOFF_MAX`] (200 ms). A hint to a new node is
-//!   followed at once, and so is the move to another node after a failed connection.
+//!   hint sends the request back to a node that itself sent it on with a hint earlier (the
+//!   nodes disagree: their view is stale), the next attempt waits
+//!   [`NOT_LEADER_BACKOFF_FIRST`] (10 ms), doubling after each such pause up to
+//!   [`NOT_LEADER_BACKOFF_MAX`] (200 ms). Any other hint is followed at once, and so is the
+//!   move to another node after a failed connection.
 //!
 //! Plain data and a clock passed in, so it is tested without sockets or sleeping.
 
@@ -85,6 +86,8 @@ pub(crate) struct Route {
     pub(crate) tried: NodeSet,
     /// Nodes this request could not connect to.
     pub(crate) unreachable: NodeSet,
+    /// Nodes that answered this request NOT_LEADER with a hint.
+    pub(crate) redirected_by: NodeSet,
     /// An earlier attempt was answered NOT_LEADER "may or may not have taken effect".
     pub(crate) uncertain: bool,
 }
@@ -105,6 +108,7 @@ impl Route {
             backoff: NOT_LEADER_BACKOFF_FIRST,
             tried: NodeSet::default(),
             unreachable: NodeSet::default(),
+            redirected_by: NodeSet::default(),
             uncertain: false,
         }
     }

@@ -178,7 +178,8 @@ impl Router {
                     if let Some(shard) = shard {
                         self.learn_leader(shard, leader);
                     }
-                    let pause = if route.tried.contains(leader) {
+                    route.redirected_by.insert(node);
+                    let pause = if route.redirected_by.contains(leader) {
                         route.pause()
                     } else {
                         Duration::ZERO
@@ -209,7 +210,7 @@ mod tests {
 
     /// A router over `addresses` with `shard_count` shards, home the first. No driver is
     /// started: these tests never send.
-    fn router(addresses: &[&str], shard_count: u16) -> Router {
+    fn new_router(addresses: &[&str], shard_count: u16) -> Router {
         let hello = HelloOk {
             version: 1,
             server_name: "test".into(),
@@ -248,7 +249,7 @@ mod tests {
 
     #[test]
     fn requests_go_home_until_a_leader_is_learned() {
-        let router = router(&["a:1", "b:1", "c:1"], 2);
+        let router = new_router(&["a:1", "b:1", "c:1"], 2);
         let now = Instant::now();
         let get = Request::Get(Get {
             key: key_on_shard(&router, 1).into(),
@@ -277,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_hint_to_a_new_address_adds_the_node() {
-        let router = router(&["a:1"], 1);
+        let router = new_router(&["a:1"], 1);
         let now = Instant::now();
         let mut route = new_route();
         route.attempt(0);
@@ -292,7 +293,7 @@ mod tests {
 
     #[test]
     fn no_hint_backs_off_and_tries_the_next_node() {
-        let router = router(&["a:1", "b:1"], 1);
+        let router = new_router(&["a:1", "b:1"], 1);
         let now = Instant::now();
         router.learn_leader(0, 0);
         let mut route = new_route();
@@ -311,8 +312,8 @@ mod tests {
     }
 
     #[test]
-    fn a_hint_back_to_a_node_already_tried_waits_first() {
-        let router = router(&["a:1", "b:1"], 1);
+    fn a_hint_back_to_a_node_that_sent_the_request_on_waits_first() {
+        let router = new_router(&["a:1", "b:1"], 1);
         let now = Instant::now();
         let mut route = new_route();
         route.attempt(0);
@@ -327,11 +328,28 @@ mod tests {
             router.reroute(1, Some(0), to_a, &mut route, now),
             Some((0, Duration::from_millis(10)))
         );
+
+        // A node that answered "no leader" earlier may have been elected since: a hint to
+        // it is followed at once.
+        let router = new_router(&["a:1", "b:1"], 1);
+        let mut route = new_route();
+        route.attempt(1);
+        let none = Failure::NotLeader { hint: None };
+        assert_eq!(
+            router.reroute(1, Some(0), none, &mut route, now),
+            Some((0, Duration::from_millis(10)))
+        );
+        route.attempt(0);
+        let to_b = Failure::NotLeader { hint: Some("b:1") };
+        assert_eq!(
+            router.reroute(0, Some(0), to_b, &mut route, now),
+            Some((1, Duration::ZERO))
+        );
     }
 
     #[test]
     fn unreachable_nodes_are_skipped_and_forgotten() {
-        let router = router(&["a:1", "b:1", "c:1"], 2);
+        let router = new_router(&["a:1", "b:1", "c:1"], 2);
         let now = Instant::now();
         router.learn_leader(0, 1);
         router.learn_leader(1, 1);
@@ -377,7 +395,7 @@ mod tests {
 
     #[test]
     fn a_single_node_is_always_home() {
-        let router = router(&["a:1"], 4);
+        let router = new_router(&["a:1"], 4);
         let now = Instant::now();
         router.node_down(0, now);
         assert_eq!(
