@@ -1,7 +1,7 @@
 //! `kahu-cli`'s flags (clap), and the one action they ask for.
 //!
 //! At most one command flag (`--lock`, `--unlock`, `--extend-lock`, `--get-lock`, `--ping`,
-//! `--info`); none starts the interactive shell. Every usage error, including the checks
+//! `--info`, `--cluster-status`); none starts the interactive shell. Every usage error, including the checks
 //! done here rather than by clap (`--expires` with `--lock`; `--wait` only with `--lock`;
 //! `--token` only with `--unlock` and `--extend-lock`, since clap's `requires` is satisfied
 //! by any member of a group, clap-rs/clap#4707), exits with code 2 through clap.
@@ -16,7 +16,7 @@ Exit codes:
   0  done (lock acquired, released, extended; lock held for --get-lock)
   1  not acquired, not owner, not held
   2  usage error (bad flags or values)
-  3  cannot connect to the server
+  3  cannot connect to the server (to any of the --connect addresses)
   4  server or protocol error (the server refused the request, the connection broke, timeout)
 
 Owner:
@@ -26,6 +26,14 @@ Owner:
   Because the owner is shared, give --unlock and --extend-lock the fencing token --lock
   printed (--token T): if the lease ended and another run of the same owner took the lock
   since, they answer \"not owner\" instead of releasing or extending that run's lock.
+
+Clusters:
+  Give --connect every node of a cluster (or any of them), comma-separated. The first that
+  answers is asked for --ping, --info and --cluster-status; lock commands go to the leader of
+  the lock's shard, learned from the nodes' NOT_LEADER hints, and are retried (a bounded
+  number of times, and never in a way that could apply twice) while a leader is elected.
+  --cluster-status prints, for each shard, whether the node asked leads it, the leader's node
+  id, the Raft term and the commit, applied and last log indexes.
 
 Leases:
   --lock never releases on exit: the lock lives until its lease (--expires) ends or --unlock.
@@ -52,19 +60,22 @@ Example:
 )]
 #[command(group(
     ArgGroup::new("command")
-        .args(["lock", "unlock", "extend_lock", "get_lock", "ping", "info"])
+        .args(["lock", "unlock", "extend_lock", "get_lock", "ping", "info", "cluster_status"])
         .multiple(false)
 ))]
 pub struct Args {
-    /// Server address (host:port)
+    /// Server address (host:port), or a cluster's nodes, comma-separated
+    /// (10.0.0.1:8002,10.0.0.2:8002,10.0.0.3:8002)
     #[arg(
         short = 'c',
         long,
+        alias = "connection-source",
         env = "KAHU_ADDR",
+        value_delimiter = ',',
         default_value = "127.0.0.1:8002",
-        value_name = "ADDR"
+        value_name = "ADDR[,ADDR...]"
     )]
-    pub connection_source: String,
+    pub connect: Vec<String>,
 
     /// Take lock K for --expires milliseconds; the lock is not released on exit
     #[arg(long, value_name = "K")]
@@ -89,6 +100,11 @@ pub struct Args {
     /// Show the server's name, limits and statistics
     #[arg(long)]
     pub info: bool,
+
+    /// Show, per shard, whether the node asked leads it, the leader's node id, the Raft term
+    /// and the commit, applied and last log indexes (a table, or JSON with --format json)
+    #[arg(long)]
+    pub cluster_status: bool,
 
     /// Lease in milliseconds, for --lock and --extend-lock
     #[arg(long, value_name = "MS")]
@@ -184,6 +200,7 @@ pub enum Action {
     },
     Ping,
     Info,
+    ClusterStatus,
     Shell,
 }
 
@@ -195,7 +212,7 @@ impl Action {
             | Action::Unlock { key, .. }
             | Action::Extend { key, .. }
             | Action::Get { key } => Some(key),
-            Action::Ping | Action::Info | Action::Shell => None,
+            Action::Ping | Action::Info | Action::ClusterStatus | Action::Shell => None,
         }
     }
 }
@@ -203,7 +220,7 @@ impl Action {
 impl Args {
     /// The action the flags ask for; exits with code 2 when `--expires` is missing or
     /// given to a command that does not use it, and likewise for `--wait`, `--retry` and
-    /// `--token`.
+    /// `--token`, and when `--connect` has an empty address.
     pub fn action(&self) -> Action {
         match self.resolve() {
             Ok(action) => action,
@@ -212,6 +229,12 @@ impl Args {
     }
 
     fn resolve(&self) -> Result<Action, (ErrorKind, &'static str)> {
+        if self.addresses().iter().any(String::is_empty) {
+            return Err((
+                ErrorKind::InvalidValue,
+                "--connect has an empty address; give host:port[,host:port...]",
+            ));
+        }
         let expires = |flag| {
             self.expires.ok_or((
                 ErrorKind::MissingRequiredArgument,
@@ -245,6 +268,8 @@ impl Args {
             Action::Ping
         } else if self.info {
             Action::Info
+        } else if self.cluster_status {
+            Action::ClusterStatus
         } else {
             Action::Shell
         };
@@ -270,6 +295,14 @@ impl Args {
             ));
         }
         Ok(action)
+    }
+
+    /// The addresses of `--connect`, without the spaces around them.
+    pub fn addresses(&self) -> Vec<String> {
+        self.connect
+            .iter()
+            .map(|address| address.trim().to_string())
+            .collect()
     }
 
     /// `--owner`, `$KAHU_OWNER` (clap reads both), else `USER@HOST`.
@@ -384,6 +417,21 @@ mod tests {
     fn no_command_is_the_shell() {
         let args = parse(&["-c", "10.0.0.1:8002"]).unwrap();
         assert_eq!(args.resolve(), Ok(Action::Shell));
-        assert_eq!(args.connection_source, "10.0.0.1:8002");
+        assert_eq!(args.addresses(), ["10.0.0.1:8002"]);
+    }
+
+    #[test]
+    fn connect_takes_a_comma_separated_list() {
+        let args = parse(&["--connect", "a:1, b:2,c:3", "--cluster-status"]).unwrap();
+        assert_eq!(args.addresses(), ["a:1", "b:2", "c:3"]);
+        assert_eq!(args.resolve(), Ok(Action::ClusterStatus));
+        let old_name = parse(&["--connection-source", "a:1,b:2"]).unwrap();
+        assert_eq!(old_name.addresses(), ["a:1", "b:2"]);
+        let empty = parse(&["--connect", "a:1,,b:2"]).unwrap().resolve();
+        assert_eq!(empty.unwrap_err().0, ErrorKind::InvalidValue);
+        assert!(
+            parse(&["--cluster-status", "--info"]).is_err(),
+            "one command"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! kahu-cli --lock backup-lock --expires 60000 --format json   # take (exit 1 if taken)
 //! kahu-cli --unlock backup-lock                               # release
 //! kahu-cli --unlock backup-lock --token 1099511627777         # release only that grant
+//! kahu-cli --connect n1:8002,n2:8002,n3:8002 --cluster-status # each shard's Raft state
 //! kahu-cli                                                    # interactive shell
 //! ```
 //!
@@ -18,9 +19,15 @@
 //! `--unlock` and `--extend-lock` take `--token`: with it they act on one grant only, never
 //! on a later grant to another run of the same owner.
 //!
-//! Layout: `args` (flags), `output` (results and exit codes), `shell` (no command flag).
+//! `--connect` takes one address or a cluster's nodes, comma-separated; the client routes
+//! each lock command to the leader of the lock's shard (see `kahu_client::Client::
+//! connect_cluster`).
+//!
+//! Layout: `args` (flags), `output` (results and exit codes), `cluster_status`
+//! (`--cluster-status`), `shell` (no command flag).
 
 mod args;
+mod cluster_status;
 mod output;
 mod shell;
 
@@ -33,6 +40,7 @@ use kahu_client::{Client, ClientOptions, LockBuilder};
 use kahu_protocol::request::{validate_key, validate_ttl};
 
 use crate::args::{Action, Args};
+use crate::cluster_status::ClusterStatus;
 use crate::output::{Exit, Output, Subject};
 use crate::shell::Shell;
 
@@ -73,7 +81,7 @@ async fn run(args: &Args, action: Action) -> Exit {
     if let Err(error) = preflight(&action, &options) {
         return output.error(subject, &error);
     }
-    let client = match Client::connect_with(&args.connection_source, options).await {
+    let client = match Client::connect_cluster_with(args.addresses(), options).await {
         Ok(client) => client,
         Err(error) => return output.error(subject, &error),
     };
@@ -124,6 +132,10 @@ async fn run(args: &Args, action: Action) -> Exit {
             .info()
             .await
             .map(|info| output.info(&client.server_hello(), &info)),
+        Action::ClusterStatus => client.info().await.map(|info| {
+            let status = ClusterStatus::from_info(client.address(), &client.server_hello(), &info);
+            output.cluster_status(&status)
+        }),
         Action::Shell => {
             let shell = Shell {
                 client: client.clone(),

@@ -1,7 +1,7 @@
 //! How `kahu-cli` shows a result, and which exit code it gets.
 //!
 //! Every result is one line on stdout: readable text, or one JSON object (`--format json`)
-//! with camelCase fields. The shapes (documented in the README and checked by
+//! with camelCase fields; the one exception is `--cluster-status` as text, a table. The shapes (documented in the README and checked by
 //! `tests/cli.rs`):
 //!
 //! ```text
@@ -12,6 +12,8 @@
 //!          "lastFencingToken"}
 //! ping    {"pong","roundTripUs"}
 //! info    {"server","version","shardCount","limits","stats"}
+//! cluster-status {"node","server","shardCount","shards":[{"shard","isLeader","leader","term",
+//!          "commitIndex","appliedIndex","lastIndex"}]}
 //! error   {"error":{"code","class","message"}}, plus "resource" and the command's boolean
 //!         (false) when the command names a lock
 //! ```
@@ -34,6 +36,7 @@ use kahu_protocol::text::display_bytes;
 use serde::Serialize;
 
 use crate::args::Format;
+use crate::cluster_status::ClusterStatus;
 
 /// The process exit codes, as documented in `--help`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,6 +394,12 @@ impl Output {
             }
             line
         });
+        Exit::Done
+    }
+
+    /// Each shard's Raft state on one node: a table, or one JSON object.
+    pub fn cluster_status(&self, status: &ClusterStatus) -> Exit {
+        self.emit(status, || status.table());
         Exit::Done
     }
 
