@@ -510,13 +510,18 @@ impl Client {
 
     /// The request's budget is spent, or no node is left to try: the caller gets the last
     /// answer, a NOT_LEADER saying how far the client went, or the last connection error,
-    /// naming every node when there are several.
+    /// naming every node this request could not reach when there are several.
     fn give_up(
         &self,
         result: Result<Response, Error>,
         route: &Route,
         now: Instant,
     ) -> Result<Routed, Error> {
+        let nodes = self.inner.router.nodes();
+        let unreachable: Vec<&str> = (0..nodes.len())
+            .filter(|&node| route.unreachable.contains(node))
+            .map(|node| nodes.get(node).address())
+            .collect();
         match result {
             Ok(Response::Error(mut reply)) => {
                 reply.message = format!("{}; {}", reply.message, route.gave_up(now));
@@ -527,11 +532,11 @@ impl Client {
                 address,
                 reason,
                 source,
-            }) if self.inner.router.nodes().len() > 1 => Err(Error::Connect {
+            }) if unreachable.len() > 1 => Err(Error::Connect {
                 address,
                 reason: format!(
-                    "{reason}; no known node could be reached ({})",
-                    self.nodes().join(", ")
+                    "{reason}; this request could reach none of {}",
+                    unreachable.join(", ")
                 ),
                 source,
             }),
