@@ -23,7 +23,7 @@ struct Nothing;
 
 impl Replay for Nothing {
     fn restore(&mut self, _: &Snapshot) {}
-    fn apply(&mut self, _: &Entry) {}
+    fn apply(&mut self, _: Entry) {}
 }
 
 /// Where `kahu-server` is: `--server-bin`, else beside this benchmark's own executable.

@@ -181,7 +181,7 @@ struct NoReplay;
 
 impl Replay for NoReplay {
     fn restore(&mut self, _snapshot: &Snapshot) {}
-    fn apply(&mut self, _entry: &Entry) {}
+    fn apply(&mut self, _entry: Entry) {}
 }
 
 /// A: the server's own log.

@@ -69,6 +69,7 @@ fn info(shared: &Shared) -> InfoReply {
         ("memory_rss_bytes".to_string(), resident_bytes()),
     ];
     fields.extend(shared.shards.stats());
+    fields.extend(shared.shards.raft_status());
     InfoReply { fields }
 }
 

@@ -1,10 +1,12 @@
 //! Server settings: flags, each with an environment variable and a default, validated
 //! before anything starts.
 //!
-//! Everything here is per process. Settings that every node of a cluster must share (shard
-//! count fixed at creation, cluster id) arrive with the replication issue and will be kept
-//! apart from these.
+//! Per-process settings (addresses, data directory, threads) and the cluster's settings
+//! (`--cluster-id`, `--peers`, the shard count), which every node of a cluster must share:
+//! nodes compare them when they connect (the peer handshake) and refuse a mismatch, and a
+//! data directory keeps its shard count for life.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -64,6 +66,40 @@ pub struct Config {
     #[arg(long, env = "KAHU_SNAPSHOT_LOG_BYTES", default_value_t = 64 << 20)]
     pub snapshot_log_bytes: u64,
 
+    /// This node's id in its cluster (1 and up). A single node needs no cluster flags.
+    #[arg(long, env = "KAHU_NODE_ID", default_value_t = 1)]
+    pub node_id: u64,
+
+    /// Every founding node of the cluster, this one included, as
+    /// `ID=PEER_ADDR/CLIENT_ADDR,...` (the same value on every node), e.g.
+    /// `1=127.0.0.1:9001/127.0.0.1:8001,2=127.0.0.1:9002/127.0.0.1:8002`. PEER_ADDR is
+    /// where the node listens for the other nodes; CLIENT_ADDR is what clients are told to
+    /// use when that node leads. Empty: a single node.
+    #[arg(long, env = "KAHU_PEERS", default_value = "")]
+    pub peers: String,
+
+    /// Address to listen on for the other nodes; default: this node's PEER_ADDR in
+    /// `--peers` (set it to bind e.g. 0.0.0.0 while advertising another address).
+    #[arg(long, env = "KAHU_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// The cluster's name; nodes with different names refuse to talk to each other.
+    #[arg(long, env = "KAHU_CLUSTER_ID", default_value = "kahu")]
+    pub cluster_id: String,
+
+    /// Milliseconds per Raft tick.
+    #[arg(long, env = "KAHU_TICK_MS", default_value_t = 50)]
+    pub tick_ms: u64,
+
+    /// Ticks without a leader before a follower starts an election (randomized up to
+    /// twice this); the failover time is about this many ticks.
+    #[arg(long, env = "KAHU_ELECTION_TICKS", default_value_t = 10)]
+    pub election_ticks: u32,
+
+    /// Ticks between a leader's heartbeats; below `--election-ticks`.
+    #[arg(long, env = "KAHU_HEARTBEAT_TICKS", default_value_t = 2)]
+    pub heartbeat_ticks: u32,
+
     /// UNSAFE: do not fdatasync the write-ahead log. Persistent locks acknowledged shortly
     /// before a power cut or kernel crash can be LOST (a process crash alone is survived).
     /// For benchmarks and throwaway test machines only.
@@ -93,7 +129,33 @@ impl Config {
             shutdown_grace_ms: 5_000,
             wal_segment_bytes: crate::wal::SEGMENT_BYTES_MIN,
             snapshot_log_bytes: 1 << 20,
+            node_id: 1,
+            peers: String::new(),
+            peer_listen: None,
+            cluster_id: "kahu".to_string(),
+            tick_ms: 50,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
             unsafe_no_fsync: false,
+        }
+    }
+
+    /// The founding nodes from `--peers`, this one included; empty for a single node.
+    pub fn cluster_nodes(&self) -> Result<BTreeMap<u64, NodeAddress>, ConfigError> {
+        parse_peers(&self.peers)
+    }
+
+    /// The cluster id as the peer handshake carries it: a stable 128-bit hash of the name.
+    pub fn cluster_id_hash(&self) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(self.cluster_id.as_bytes())
+    }
+
+    /// The Raft timing of every shard.
+    pub fn raft_timing(&self) -> crate::shard::RaftTiming {
+        crate::shard::RaftTiming {
+            tick: std::time::Duration::from_millis(self.tick_ms),
+            election_ticks: self.election_ticks,
+            heartbeat_ticks: self.heartbeat_ticks,
         }
     }
 
@@ -148,6 +210,34 @@ impl Config {
         check(
             !self.data_dir.as_os_str().is_empty(),
             "--data-dir must not be empty".into(),
+        )?;
+        check(self.node_id >= 1, "--node-id must be at least 1".into())?;
+        check(
+            (1..=60_000).contains(&self.tick_ms),
+            format!("--tick-ms {} is outside 1..=60000", self.tick_ms),
+        )?;
+        check(
+            self.heartbeat_ticks >= 1 && self.election_ticks > self.heartbeat_ticks,
+            format!(
+                "--election-ticks {} must be above --heartbeat-ticks {} (at least 1)",
+                self.election_ticks, self.heartbeat_ticks
+            ),
+        )?;
+        let nodes = self.cluster_nodes()?;
+        check(
+            nodes.is_empty() || nodes.contains_key(&self.node_id),
+            format!(
+                "--peers does not name this node (--node-id {}); list every node, this one included",
+                self.node_id
+            ),
+        )?;
+        check(
+            nodes.len() <= crate::wal::record::VOTERS_MAX,
+            format!(
+                "--peers names {} nodes; at most {}",
+                nodes.len(),
+                crate::wal::record::VOTERS_MAX
+            ),
         )
     }
 
@@ -159,6 +249,53 @@ impl Config {
             snapshot_log_bytes: self.snapshot_log_bytes,
         }
     }
+}
+
+/// Where one node of a cluster is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddress {
+    /// Where it listens for the other nodes.
+    pub peer: SocketAddr,
+    /// What clients are told to use when it leads.
+    pub client: String,
+}
+
+/// Parses `ID=PEER_ADDR/CLIENT_ADDR,...`.
+fn parse_peers(text: &str) -> Result<BTreeMap<u64, NodeAddress>, ConfigError> {
+    let mut nodes = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let bad = |why: &str| {
+            ConfigError(format!(
+                "--peers item `{item}`: {why}; expected ID=PEER_ADDR/CLIENT_ADDR, e.g. 1=127.0.0.1:9001/127.0.0.1:8001"
+            ))
+        };
+        let (id, addresses) = item.split_once('=').ok_or_else(|| bad("no `=`"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&id| id >= 1)
+            .ok_or_else(|| bad("the id is not a number of 1 or more"))?;
+        let (peer, client) = addresses
+            .split_once('/')
+            .ok_or_else(|| bad("no `/` between the peer and the client address"))?;
+        let peer: SocketAddr = peer
+            .trim()
+            .parse()
+            .map_err(|_| bad("the peer address is not HOST:PORT with a numeric host"))?;
+        let client = client.trim();
+        if client.is_empty() {
+            return Err(bad("the client address is empty"));
+        }
+        let address = NodeAddress {
+            peer,
+            client: client.to_string(),
+        };
+        if nodes.insert(id, address).is_some() {
+            return Err(bad("this id is listed twice"));
+        }
+    }
+    Ok(nodes)
 }
 
 #[cfg(test)]
@@ -185,5 +322,33 @@ mod tests {
         let config = Config::parse_from(["kahu-server", "--waiters-per-lock-max", "0"]);
         assert!(config.validate().is_err());
         assert!(Config::try_parse_from(["kahu-server", "--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn peers_parse_and_bad_ones_say_what_is_wrong() {
+        let config = Config::parse_from([
+            "kahu-server",
+            "--node-id",
+            "2",
+            "--peers",
+            "1=127.0.0.1:9001/localhost:8001, 2=127.0.0.1:9002/127.0.0.1:8002",
+        ]);
+        config.validate().unwrap();
+        let nodes = config.cluster_nodes().unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[&1].client, "localhost:8001");
+        assert_eq!(nodes[&2].peer, "127.0.0.1:9002".parse().unwrap());
+        for (peers, expected) in [
+            ("1=127.0.0.1:9001", "no `/`"),
+            ("x=127.0.0.1:9001/a:1", "not a number"),
+            ("0=127.0.0.1:9001/a:1", "not a number"),
+            ("1=nowhere/a:1", "peer address"),
+            ("1=127.0.0.1:9001/a:1,1=127.0.0.1:9002/b:1", "listed twice"),
+            ("3=127.0.0.1:9003/c:1", "does not name this node"),
+        ] {
+            let config = Config::parse_from(["kahu-server", "--peers", peers]);
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(expected), "{peers}: {error}");
+        }
     }
 }

@@ -44,6 +44,12 @@ pub enum DataDirError {
         stored: usize,
         requested: usize,
     },
+    #[error("{path} belongs to cluster {stored:?}; this server was started with {requested:?} (the cluster name and its founding nodes are fixed when a data directory is created; add or remove nodes with a membership change, or use another --data-dir)")]
+    ClusterMismatch {
+        path: PathBuf,
+        stored: String,
+        requested: String,
+    },
 }
 
 /// An open data directory. Dropping it releases the directory lock.
@@ -129,6 +135,28 @@ impl DataDir {
         }
     }
 
+    /// Checks that this directory belongs to the cluster `name` founded by `voters` (a
+    /// single node: itself), storing both for a new directory. A node's logs hold the
+    /// cluster's history, so a directory must never change clusters or be reused as a
+    /// different founding configuration.
+    pub fn check_cluster(&self, name: &str, voters: &[u64]) -> Result<(), DataDirError> {
+        let voters: Vec<String> = voters.iter().map(u64::to_string).collect();
+        let requested = format!("name={name} founders={}", voters.join(","));
+        let path = self.path.join("cluster");
+        match fs::read_to_string(&path) {
+            Ok(text) if text.trim() == requested => Ok(()),
+            Ok(text) => Err(DataDirError::ClusterMismatch {
+                path,
+                stored: text.trim().to_string(),
+                requested,
+            }),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                self.write_atomically("cluster", format!("{requested}\n").as_bytes())
+            }
+            Err(source) => Err(DataDirError::Read { path, source }),
+        }
+    }
+
     /// The directory of shard `shard`'s log.
     pub fn shard_path(&self, shard: usize) -> PathBuf {
         self.path.join(format!("shard-{shard}"))
@@ -188,6 +216,17 @@ impl DataDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_stays_with_its_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(dir.path()).unwrap();
+        data_dir.check_cluster("kahu", &[1, 2, 3]).unwrap();
+        data_dir.check_cluster("kahu", &[1, 2, 3]).unwrap();
+        let error = data_dir.check_cluster("kahu", &[1]).unwrap_err().to_string();
+        assert!(error.contains("founders=1,2,3") && error.contains("founders=1\""), "{error}");
+        assert!(data_dir.check_cluster("other", &[1, 2, 3]).is_err());
+    }
 
     #[test]
     fn epochs_grow_across_opens() {

@@ -19,7 +19,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::net;
-use crate::shard::{RaftTiming, ShardSet, ShardSettings, StartError};
+use crate::raft::Membership;
+use crate::peer::transport::{PeerAddress, PeerConfig, PeerNetwork, RunningPeers};
+use crate::shard::{NoPeers, PeerOutbox, ShardSet, ShardSettings, StartError};
 use crate::wal::storage::{FileStorage, Storage};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,10 +110,45 @@ impl Server {
     ) -> Result<RunningServer, ServerError> {
         config.validate()?;
         let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
+        let shard_count = data_dir.shard_count(config.shards, config.shard_count())?;
+        let nodes = config.cluster_nodes()?;
+        let founders: Vec<u64> = if nodes.len() > 1 {
+            nodes.keys().copied().collect()
+        } else {
+            vec![config.node_id]
+        };
+        data_dir.check_cluster(&config.cluster_id, &founders)?;
+        let (outbox, network) = if founders.len() > 1 {
+            let peers = nodes
+                .iter()
+                .filter(|(&id, _)| id != config.node_id)
+                .map(|(&id, address)| {
+                    let address = PeerAddress {
+                        peer: address.peer,
+                        client: address.client.clone(),
+                    };
+                    (id, address)
+                })
+                .collect();
+            let (outbox, network) = PeerNetwork::new(PeerConfig {
+                node_id: config.node_id,
+                cluster_id: config.cluster_id_hash(),
+                shard_count: shard_count as u16,
+                listen: config
+                    .peer_listen
+                    .unwrap_or(nodes[&config.node_id].peer),
+                peers,
+            });
+            (outbox as Arc<dyn PeerOutbox>, Some(network))
+        } else {
+            (Arc::new(NoPeers) as Arc<dyn PeerOutbox>, None)
+        };
         let settings = ShardSettings {
-            count: data_dir.shard_count(config.shards, config.shard_count())?,
-            node: 1,
-            raft: RaftTiming::default(),
+            count: shard_count,
+            node: config.node_id,
+            founding: Membership::new(founders.iter().copied()),
+            raft: config.raft_timing(),
+            peers: outbox,
             waiters_per_lock_max: config.waiters_per_lock_max,
             wal: config.wal_options(),
             storage: storage.unwrap_or_else(|| Arc::new(FileStorage)),
@@ -150,17 +187,25 @@ impl Server {
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             shutdown,
         });
+        let peers = match network {
+            Some(network) => Some(start_peers(network, &shared).await?),
+            None => None,
+        };
         let tracker = TaskTracker::new();
         let acceptor = tokio::spawn(net::accept_loop(listener, shared.clone(), tracker.clone()));
         tracing::info!(
             address = %local_addr,
             data_dir = %data_dir.path().display(),
             shards = shared.shards.len(),
+            node = config.node_id,
+            nodes = founders.len(),
+            peer_address = ?peers.as_ref().map(RunningPeers::local_addr),
             epoch,
             "kahu-server started"
         );
         Ok(RunningServer {
             local_addr,
+            peers,
             epoch,
             shutdown_sender,
             acceptor,
@@ -175,6 +220,8 @@ impl Server {
 #[derive(Debug)]
 pub struct RunningServer {
     local_addr: SocketAddr,
+    /// The connections to the other nodes of a cluster.
+    peers: Option<RunningPeers>,
     epoch: u64,
     shutdown_sender: watch::Sender<bool>,
     acceptor: TaskHandle<()>,
@@ -187,6 +234,11 @@ impl RunningServer {
     /// The address the server listens on (with the port the OS chose for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address other nodes reach this one on, in a cluster.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peers.as_ref().map(RunningPeers::local_addr)
     }
 
     /// The token epoch of this run: every token it grants is above `epoch << 40`.
@@ -202,6 +254,10 @@ impl RunningServer {
         self.shared.shards.shutdown();
         self.tracker.close();
         self.tracker.wait().await;
+        // The peer tasks hold the shard set too; they go before the shards can stop.
+        if let Some(peers) = self.peers {
+            peers.shutdown().await;
+        }
         drop(self.shared);
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || {
@@ -212,6 +268,22 @@ impl RunningServer {
         .await;
         tracing::info!("kahu-server stopped");
     }
+}
+
+/// Starts the peer connections, delivering what arrives to the shards.
+async fn start_peers(network: PeerNetwork, shared: &Arc<Shared>) -> Result<RunningPeers, ServerError> {
+    let deliver_to = shared.clone();
+    let unreachable_to = shared.clone();
+    let address = network.listen_addr();
+    network
+        .start(
+            Arc::new(move |shard, message| {
+                deliver_to.shards.deliver_peer(usize::from(shard), message);
+            }),
+            Arc::new(move |node| unreachable_to.shards.peer_unreachable(node)),
+        )
+        .await
+        .map_err(|source| ServerError::Listen { address, source })
 }
 
 /// Resolves once the server is stopping. (A helper rather than `wait_for` inline, whose

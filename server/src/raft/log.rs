@@ -27,21 +27,23 @@ pub struct RaftLog<C> {
 impl<C: Payload> RaftLog<C> {
     /// A log that starts after `snapshot_index` and holds `entries`, all already on disk.
     pub fn new(snapshot_index: u64, snapshot_term: u64, entries: Vec<Entry<C>>) -> RaftLog<C> {
-        let mut log = RaftLog {
+        let mut previous = (snapshot_index, snapshot_term);
+        for entry in &entries {
+            assert_eq!(entry.index, previous.0 + 1, "log gap");
+            assert!(entry.term >= previous.1, "term went backwards in the log");
+            previous = (entry.index, entry.term);
+        }
+        let last_index = previous.0;
+        RaftLog {
             snapshot_index,
             snapshot_term,
-            entries: VecDeque::new(),
+            // Taking the vector over costs nothing (a restart can hold a million entries).
+            entries: VecDeque::from(entries),
             committed: snapshot_index,
             applied: snapshot_index,
-            persisted: snapshot_index,
-            unsaved_from: snapshot_index + 1,
-        };
-        for entry in entries {
-            log.push(entry);
+            persisted: last_index,
+            unsaved_from: last_index + 1,
         }
-        log.persisted = log.last_index();
-        log.unsaved_from = log.last_index() + 1;
-        log
     }
 
     pub fn snapshot_index(&self) -> u64 {
@@ -222,15 +224,13 @@ impl<C: Payload> RaftLog<C> {
         self.persisted = self.unsaved_from - 1;
     }
 
-    /// Hands out the committed entries not yet applied that have been handed out for
-    /// writing (the caller writes before it applies), and counts them applied.
-    pub fn take_to_apply(&mut self) -> Vec<Entry<C>> {
+    /// The committed entries not yet applied that have been handed out for writing (the
+    /// caller writes before it applies), as a range of indexes; counts them applied.
+    pub fn take_to_apply(&mut self) -> std::ops::Range<u64> {
         let to = self.committed.min(self.unsaved_from - 1);
-        let entries: Vec<Entry<C>> = (self.applied + 1..=to)
-            .map(|index| self.entry(index).expect("within the log").clone())
-            .collect();
+        let from = self.applied + 1;
         self.applied = self.applied.max(to);
-        entries
+        from..to.max(from - 1) + 1
     }
 
     /// Forgets entries up to `index`, which the state machine has in a snapshot.

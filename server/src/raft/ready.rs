@@ -10,8 +10,10 @@ use super::message::{Entry, HardState, Message, NodeId, Snapshot};
 /// 3. write `entries` to the log, replacing every stored entry from `entries[0].index` on,
 ///    and `hard_state` if set; flush if [`Ready::must_sync`];
 /// 4. send `messages_after_persist` (votes and acknowledgements promise what is on disk);
-/// 5. apply `committed` in order, and serve the reads in `read_states` once the state
-///    machine has applied their index;
+/// 5. apply the entries at the indexes in `committed`, in order (read them with
+///    [`super::Raft::log_entry`]: the log holds them, nothing is compacted before it is
+///    applied), and serve the reads in `read_states` once the state machine has applied
+///    their index;
 /// 6. call [`super::Raft::advance`]. Nothing else may be called on the core between
 ///    [`super::Raft::ready`] and `advance`.
 #[derive(Debug)]
@@ -22,7 +24,8 @@ pub struct Ready<C> {
     pub entries: Vec<Entry<C>>,
     pub messages: Vec<Message<C>>,
     pub messages_after_persist: Vec<Message<C>>,
-    pub committed: Vec<Entry<C>>,
+    /// Indexes of the entries to apply now (no copies: a restart may apply millions).
+    pub committed: std::ops::Range<u64>,
     pub read_states: Vec<ReadState>,
     pub(super) must_sync: bool,
 }

@@ -60,8 +60,6 @@ impl ReplyTo {
 }
 
 #[derive(Debug)]
-// `Peer` and `PeerUnreachable` come from the peer connections of a cluster.
-#[allow(dead_code)]
 pub(crate) enum ShardMessage {
     /// A keyed request (LOCK, UNLOCK, EXTEND, GET) with the key's hash.
     Request {
@@ -110,7 +108,20 @@ impl PeerOutbox for NoPeers {
 #[derive(Debug, Default)]
 pub struct ShardStats {
     values: [AtomicU64; STAT_NAMES.len()],
+    raft: [AtomicU64; RAFT_STAT_NAMES.len()],
 }
+
+/// INFO field names of a shard's Raft state, each prefixed `shard<N>_`, in
+/// [`ShardStats`] order: whether this node leads the shard (0 or 1), the leader's node id
+/// (0: none known), the term, and the commit, applied and last log indexes.
+pub const RAFT_STAT_NAMES: [&str; 6] = [
+    "is_leader",
+    "leader",
+    "term",
+    "commit_index",
+    "applied_index",
+    "last_index",
+];
 
 /// INFO field names of the per-shard counters, in [`ShardStats`] order.
 pub const STAT_NAMES: [&str; 14] = [
@@ -158,6 +169,13 @@ impl ShardStats {
             counters.snapshots_total,
         ];
         for (slot, value) in self.values.iter().zip(values) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Values in [`RAFT_STAT_NAMES`] order.
+    fn publish_raft(&self, values: [u64; RAFT_STAT_NAMES.len()]) {
+        for (slot, value) in self.raft.iter().zip(values) {
             slot.store(value, Ordering::Relaxed);
         }
     }
@@ -231,39 +249,68 @@ impl ShardSet {
             "read the write-ahead logs"
         );
 
+        // Each shard's group starts in parallel (a single node elects itself and rebuilds
+        // its table from the log here, so the server serves once started).
+        let stats: Vec<Arc<ShardStats>> = (0..settings.count)
+            .map(|_| Arc::new(ShardStats::default()))
+            .collect();
+        let replicas = std::thread::scope(|scope| {
+            let starts: Vec<_> = recovered
+                .into_iter()
+                .enumerate()
+                .map(|(id, shard)| {
+                    let parts = ReplicaParts {
+                        shard: id,
+                        node: settings.node,
+                        founding: settings.founding.clone(),
+                        wal: shard.wal,
+                        contents: shard.contents,
+                        storage: settings.storage.clone(),
+                        dir: data_dir.shard_path(id),
+                        stored: shard.stored,
+                        // A single node leads in the epoch of this run (its election adds
+                        // one); in a cluster, terms are the cluster's business alone.
+                        term_floor: if settings.founding.voters.len() == 1 {
+                            epoch - 1
+                        } else {
+                            0
+                        },
+                        waiters_per_lock_max: settings.waiters_per_lock_max,
+                        stats: stats[id].clone(),
+                        peers: settings.peers.clone(),
+                        timing: settings.raft,
+                        seed: epoch ^ ((id as u64) << 32),
+                    };
+                    std::thread::Builder::new()
+                        .name(format!("kahu-start-{id}"))
+                        .spawn_scoped(scope, move || -> Result<Replica, StartError> {
+                            let mut replica = Replica::new(parts).map_err(StartError::Raft)?;
+                            replica.start(Instant::now());
+                            Ok(replica)
+                        })
+                        .map_err(StartError::Thread)
+                })
+                .collect();
+            starts
+                .into_iter()
+                .map(|handle| handle?.join().expect("starting a shard does not panic"))
+                .collect::<Result<Vec<_>, StartError>>()
+        })?;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shards started"
+        );
+
         let mut senders = Vec::with_capacity(settings.count);
-        let mut stats = Vec::with_capacity(settings.count);
         let mut handles = Vec::with_capacity(settings.count);
-        for (id, shard) in recovered.into_iter().enumerate() {
+        for (id, replica) in replicas.into_iter().enumerate() {
             let (sender, receiver) = crossbeam_channel::unbounded();
-            let shard_stats = Arc::new(ShardStats::default());
-            let mut replica = Replica::new(ReplicaParts {
-                shard: id,
-                node: settings.node,
-                founding: Membership::new([settings.node]),
-                wal: shard.wal,
-                contents: shard.contents,
-                storage: settings.storage.clone(),
-                dir: data_dir.shard_path(id),
-                stored: shard.stored,
-                // A single node leads in the epoch of this run (its election adds one).
-                term_floor: epoch - 1,
-                waiters_per_lock_max: settings.waiters_per_lock_max,
-                stats: shard_stats.clone(),
-                peers: Arc::new(NoPeers),
-                timing: settings.raft,
-                seed: epoch ^ ((id as u64) << 32),
-            })
-            .map_err(StartError::Raft)?;
-            // A single node elects itself here, so the server serves once it is started.
-            replica.start(Instant::now(), &mut table::Output::default());
             let worker = worker::ShardWorker::new(receiver, replica);
             let handle = std::thread::Builder::new()
                 .name(format!("kahu-shard-{id}"))
                 .spawn(move || run_or_abort(id, worker))
                 .map_err(StartError::Thread)?;
             senders.push(sender);
-            stats.push(shard_stats);
             handles.push(handle);
         }
         let shard_set = ShardSet {
@@ -300,6 +347,21 @@ impl ShardSet {
             })
     }
 
+    /// Hands a Raft message from a peer node to its shard's group; false if the shard
+    /// does not exist or has stopped.
+    pub(crate) fn deliver_peer(&self, shard: usize, message: raft::Message<Command>) -> bool {
+        self.senders
+            .get(shard)
+            .is_some_and(|sender| sender.send(ShardMessage::Peer(message)).is_ok())
+    }
+
+    /// Tells every shard that the connection to `node` failed.
+    pub(crate) fn peer_unreachable(&self, node: NodeId) {
+        for sender in &self.senders {
+            let _ = sender.send(ShardMessage::PeerUnreachable(node));
+        }
+    }
+
     /// Tells every shard that a connection closed, so its waiters are dropped.
     pub fn connection_closed(&self, connection_id: u64) {
         for sender in &self.senders {
@@ -311,6 +373,17 @@ impl ShardSet {
         for sender in &self.senders {
             let _ = sender.send(ShardMessage::Shutdown);
         }
+    }
+
+    /// Each shard's Raft state, as INFO fields `shard<N>_<name>`.
+    pub fn raft_status(&self) -> Vec<(String, u64)> {
+        let mut fields = Vec::with_capacity(self.stats.len() * RAFT_STAT_NAMES.len());
+        for (shard, stats) in self.stats.iter().enumerate() {
+            for (name, value) in RAFT_STAT_NAMES.iter().zip(&stats.raft) {
+                fields.push((format!("shard{shard}_{name}"), value.load(Ordering::Relaxed)));
+            }
+        }
+        fields
     }
 
     /// Every shard counter summed, as INFO fields.
@@ -336,7 +409,12 @@ pub struct ShardSettings {
     pub count: usize,
     /// This node's id in its Raft groups.
     pub node: NodeId,
+    /// The voters of every group when the cluster was created (this node alone for a
+    /// single node).
+    pub founding: Membership,
     pub raft: RaftTiming,
+    /// Where the groups' messages to other nodes go.
+    pub peers: Arc<dyn PeerOutbox>,
     pub waiters_per_lock_max: usize,
     pub wal: WalOptions,
     pub storage: Arc<dyn Storage>,

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kahu_protocol::{ErrorCode, ProtocolError};
+use kahu_protocol::{ErrorCode, ProtocolError, Response};
 
 use super::table::{LockTable, Output, Restorer};
 use super::tokens::{TokenSource, EPOCH_MAX};
@@ -88,8 +88,8 @@ impl Replay for LogContents {
         self.snapshot = Some(snapshot.clone());
     }
 
-    fn apply(&mut self, entry: &Entry) {
-        self.entries.push(entry.clone());
+    fn apply(&mut self, entry: Entry) {
+        self.entries.push(entry);
     }
 }
 
@@ -123,6 +123,12 @@ pub(super) struct Replica {
     unpersisted: Option<Unpersisted>,
     /// The leader cannot grant: its term does not fit in a token.
     stalled: bool,
+    /// In a cluster, replies that committed nothing (ephemeral grants, reads, refusals)
+    /// wait until a quorum confirms this node still led after they were decided (a
+    /// ReadIndex round): a deposed leader that has not noticed yet must not grant an
+    /// ephemeral lock the new leader also grants, or serve a stale read. Oldest first.
+    confirmations: VecDeque<(u64, Vec<(ReplyTo, Response)>)>,
+    next_read_context: u64,
 }
 
 /// How to build a replica.
@@ -205,20 +211,42 @@ impl Replica {
             proposals: VecDeque::new(),
             unpersisted: None,
             stalled: false,
+            confirmations: VecDeque::new(),
+            next_read_context: 1,
         })
     }
 
-    /// Starts the group member: a one-voter group elects itself at once.
-    pub(super) fn start(&mut self, now: Instant, output: &mut Output<ReplyTo>) {
+    /// Starts the group member: a one-voter group elects itself at once. (No snapshot
+    /// now, even if one is due: it waits for the first commit, after serving starts.)
+    pub(super) fn start(&mut self, now: Instant) {
         let membership = self.raft.membership();
         if membership.voters.len() == 1 && membership.contains(self.raft.id()) {
+            // Its table is built once it leads (just below).
             self.raft.campaign_now();
+        } else {
+            // A follower's table starts as the snapshot and grows by what it applies.
+            self.rebuild_table(now);
         }
-        self.finish_turn(now, output);
+        let mut output = Output::default();
+        self.drive(now, &mut output);
+        self.publish();
+        debug_assert!(output.is_empty(), "no requests before the start");
     }
 
+    /// Leading in the term it started serving in, able to grant, not handing over: the
+    /// table may decide requests. (A message or tick earlier in the turn may have deposed
+    /// the node before the next ready says so.)
     pub(super) fn is_serving(&self) -> bool {
-        self.serving && !self.stalled && self.raft.transfer_target().is_none()
+        self.serving
+            && self.raft.is_leader()
+            && self.raft.term() == self.serving_term
+            && !self.stalled
+            && self.raft.transfer_target().is_none()
+    }
+
+    /// Leading, but not serving yet: requests wait for the first entry of the term.
+    pub(super) fn is_catching_up(&self) -> bool {
+        self.raft.is_leader() && !self.serving
     }
 
     pub(super) fn is_leader(&self) -> bool {
@@ -260,6 +288,21 @@ impl Replica {
     }
 
     pub(super) fn step(&mut self, message: raft::Message<Command>) {
+        if message.to != self.raft.id() || message.from == 0 || message.from == self.raft.id() {
+            tracing::warn!(shard = self.shard, from = message.from, to = message.to, "dropped a peer message not meant for this node");
+            return;
+        }
+        if let raft::MessageBody::InstallSnapshot { snapshot } = &message.body {
+            // The core takes a snapshot's position on trust; its bytes are checked here,
+            // before the core drops its log for them.
+            let readable = Snapshot::decode(&snapshot.data).is_some_and(|decoded| {
+                decoded.last_index == snapshot.meta.index && decoded.last_term == snapshot.meta.term
+            });
+            if !readable {
+                tracing::warn!(shard = self.shard, from = message.from, "dropped a snapshot that does not decode or does not match its position");
+                return;
+            }
+        }
         self.raft.step(message);
     }
 
@@ -299,9 +342,6 @@ impl Replica {
         self.table.fail_all_waiters(error, output);
     }
 
-    /// The server is stopping: leadership is not handed over (the process is going), but
-    /// nothing new is served.
-    pub(super) fn stop(&mut self) {}
 
     /// The reply to a request this node cannot serve now.
     pub(super) fn not_serving(&self) -> ProtocolError {
@@ -344,15 +384,23 @@ impl Replica {
         self.publish();
         if !output.log.is_empty() {
             let commands = std::mem::take(&mut output.log);
-            let last = self
-                .raft
-                .propose(commands)
-                .expect("only a serving leader decides");
-            let seq = self.table.commit_seq();
-            self.table.begin_commit(seq + 1);
-            self.proposals.push_back((seq, last));
+            match self.raft.propose(commands) {
+                Ok(last) => {
+                    let seq = self.table.commit_seq();
+                    self.table.begin_commit(seq + 1);
+                    self.proposals.push_back((seq, last));
+                }
+                Err(_) => {
+                    // Deposed earlier in this turn: these decisions are void (the table is
+                    // rebuilt from the committed log when the ready says so).
+                    let unknown = self.unknown_outcome();
+                    for (_, reply, _) in output.durable_replies.drain(..) {
+                        reply.send(unknown.clone().into());
+                    }
+                }
+            }
         }
-        send(&mut output.replies);
+        self.send_or_confirm(&mut output.replies);
         self.drive(now, output);
         self.send_committed(output);
         self.snapshot_if_due(now);
@@ -360,12 +408,60 @@ impl Replica {
         send(&mut output.replies);
     }
 
+    /// Sends replies at once on a single node (or when not serving: they are refusals);
+    /// in a cluster a serving leader's replies wait for a ReadIndex confirmation.
+    fn send_or_confirm(&mut self, replies: &mut Vec<(ReplyTo, Response)>) {
+        let alone = self.raft.membership().voters.len() <= 1;
+        if replies.is_empty() || alone || !self.serving {
+            send(replies);
+            return;
+        }
+        if !self.is_serving() {
+            // Decided by a table this turn deposed: nothing it said can be confirmed.
+            let unknown = self.unknown_outcome();
+            for (reply, _) in replies.drain(..) {
+                reply.send(unknown.clone().into());
+            }
+            return;
+        }
+        let context = self.next_read_context;
+        self.next_read_context += 1;
+        match self.raft.read_index(context) {
+            Ok(()) => self
+                .confirmations
+                .push_back((context, std::mem::take(replies))),
+            Err(error) => unreachable!("a serving leader asks for a read index: {error}"),
+        }
+    }
+
+    /// Sends the replies whose confirmation came back (a later one covers earlier ones).
+    fn confirmed(&mut self, context: u64) {
+        while self
+            .confirmations
+            .front()
+            .is_some_and(|(waiting, _)| *waiting <= context)
+        {
+            let (_, mut replies) = self.confirmations.pop_front().expect("checked above");
+            send(&mut replies);
+        }
+    }
+
+    /// Fails every reply still waiting for a confirmation.
+    pub(super) fn fail_unconfirmed(&mut self, error: &ProtocolError) {
+        for (_, replies) in self.confirmations.drain(..) {
+            for (reply, _) in replies {
+                reply.send(error.clone().into());
+            }
+        }
+    }
+
     /// Does the core's I/O until it has none left (or the disk fails).
     fn drive(&mut self, now: Instant, output: &mut Output<ReplyTo>) {
         while self.unpersisted.is_none() && self.raft.has_ready() {
             let mut ready = self.raft.ready();
-            self.peers
-                .send(self.shard, std::mem::take(&mut ready.messages));
+            let mut messages = std::mem::take(&mut ready.messages);
+            self.attach_snapshot_data(&mut messages);
+            self.peers.send(self.shard, messages);
             if let Some(snapshot) = ready.snapshot.take() {
                 self.install_snapshot(&snapshot, now);
             }
@@ -385,6 +481,30 @@ impl Replica {
                 self.start_serving_if_caught_up(now);
             }
         }
+    }
+
+    /// The core keeps only a snapshot's position; its bytes are the snapshot file, read
+    /// when a follower needs them.
+    /// A snapshot that cannot be read is not sent (the core sends it again later).
+    fn attach_snapshot_data(&self, messages: &mut Vec<raft::Message<Command>>) {
+        messages.retain_mut(|message| {
+            let raft::MessageBody::InstallSnapshot { snapshot } = &mut message.body else {
+                return true;
+            };
+            if !snapshot.data.is_empty() {
+                return true;
+            }
+            match self.wal.snapshot_bytes() {
+                Ok(bytes) => {
+                    snapshot.data = Bytes::from(bytes);
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(shard = self.shard, %error, "cannot read the snapshot a follower needs; it is sent again later");
+                    false
+                }
+            }
+        });
     }
 
     fn persist(&mut self, pending: &mut Unpersisted) -> Result<(), WalError> {
@@ -415,8 +535,17 @@ impl Replica {
 
     fn after_persist(&mut self, ready: Ready<Command>, now: Instant, output: &mut Output<ReplyTo>) {
         self.peers.send(self.shard, ready.messages_after_persist);
-        for entry in &ready.committed {
-            self.apply_committed(entry, now);
+        if !self.raft.is_leader() {
+            // A follower applies what the leader decided; a leader decided it itself (its
+            // table is ahead), or rebuilds its table when it starts serving.
+            let mut restorer = Restorer::new(&mut self.table, now);
+            for index in ready.committed.clone() {
+                let entry = self.raft.log_entry(index).expect("a committed entry");
+                restorer.apply_entry(entry);
+            }
+        }
+        for read in &ready.read_states {
+            self.confirmed(read.context);
         }
         if let Some(role) = ready.role {
             self.role_changed(role, now, output);
@@ -424,19 +553,19 @@ impl Replica {
         self.raft.advance();
     }
 
-    /// A follower applies what the leader decided; a leader decided it itself (its table
-    /// is ahead), or rebuilds its table when it starts serving.
-    fn apply_committed(&mut self, entry: &Entry, now: Instant) {
-        if self.raft.is_leader() {
-            return;
-        }
-        Restorer::new(&mut self.table, now).apply(entry);
-    }
-
     fn role_changed(&mut self, role: RoleChange, now: Instant, output: &mut Output<ReplyTo>) {
         tracing::debug!(shard = self.shard, ?role, "raft role");
-        let still_serving = role.role == Role::Leader && role.term == self.serving_term;
-        if still_serving || !self.serving {
+        if !self.serving {
+            return;
+        }
+        let leading = role.role == Role::Leader;
+        if leading && role.term == self.serving_term {
+            return;
+        }
+        if leading && role.term == self.serving_term + 1 {
+            // Re-elected in the next term with nobody leading in between (a new term for
+            // the fencing tokens): the table is still exactly this node's decisions.
+            self.serve_in_term(role.term);
             return;
         }
         // Deposed: what this table decided but never committed, its ephemeral locks and
@@ -444,18 +573,25 @@ impl Replica {
         self.serving = false;
         let error = self.not_serving();
         self.table.fail_all_waiters(&error, output);
-        let unknown = ProtocolError::new(
-            ErrorCode::NotLeader,
-            format!(
-                "{}; the request may or may not have taken effect",
-                error.message
-            ),
-        );
+        let unknown = self.unknown_outcome();
         for (_, reply, _) in output.durable_replies.drain(..) {
             output.replies.push((reply, unknown.clone().into()));
         }
+        self.fail_unconfirmed(&unknown);
         self.proposals.clear();
         self.rebuild_table(now);
+    }
+
+    /// The answer to a request decided by a leader that lost its leadership before the
+    /// decision was committed or confirmed.
+    fn unknown_outcome(&self) -> ProtocolError {
+        ProtocolError::new(
+            ErrorCode::NotLeader,
+            format!(
+                "{}; the request may or may not have taken effect",
+                self.not_serving().message
+            ),
+        )
     }
 
     /// A leader serves once every entry before its term is applied: then its table,
@@ -465,7 +601,11 @@ impl Replica {
             return;
         }
         self.rebuild_table(now);
-        let term = self.raft.term();
+        self.serve_in_term(self.raft.term());
+    }
+
+    /// Grants from now on carry `term` in their tokens.
+    fn serve_in_term(&mut self, term: u64) {
         self.stalled = term > EPOCH_MAX;
         if self.stalled {
             tracing::error!(
@@ -483,13 +623,19 @@ impl Replica {
 
     /// Replaces the table with the newest snapshot plus the applied log.
     fn rebuild_table(&mut self, now: Instant) {
+        self.table = self.applied_table(now);
+    }
+
+    /// A table holding exactly the applied state: the newest snapshot plus the applied
+    /// log, every lease counted from `now`.
+    fn applied_table(&self, now: Instant) -> LockTable<ReplyTo> {
         let mut table = LockTable::new(TokenSource::new(1), self.waiters_per_lock_max);
         let mut restorer = Restorer::new(&mut table, now);
         match self.wal.load_snapshot() {
             Ok(Some(snapshot)) => restorer.restore(&snapshot),
             Ok(None) => {}
             Err(error) => {
-                // The snapshot was readable at start and is replaced atomically.
+                // It was written atomically and read at start; losing it now loses locks.
                 panic!(
                     "shard {}: cannot read back the snapshot: {error}",
                     self.shard
@@ -501,9 +647,9 @@ impl Replica {
                 .raft
                 .log_entry(index)
                 .expect("applied entries after the snapshot are in the log");
-            restorer.apply(entry);
+            restorer.apply_entry(entry);
         }
-        self.table = table;
+        table
     }
 
     /// A snapshot from the leader replaces this node's log and table.
@@ -607,21 +753,25 @@ impl Replica {
             return;
         }
         let applied = self.raft.applied_index();
-        let table_is_applied_state = if self.raft.is_leader() {
-            self.serving && applied == self.raft.last_index()
-        } else {
-            true
-        };
-        if !table_is_applied_state || applied <= self.wal.snapshot_index() {
+        if applied <= self.wal.snapshot_index() {
             return;
         }
+        // A follower's table is the applied state; so is a leader's with nothing in
+        // flight. A busy leader's table is ahead: replay the applied state aside.
+        let table_is_applied_state = !self.raft.is_leader()
+            || (self.serving && applied == self.raft.last_index());
+        let locks = if table_is_applied_state {
+            self.table.persistent_locks(now)
+        } else {
+            self.applied_table(now).persistent_locks(now)
+        };
         let term = self.raft.term_at(applied).expect("an applied entry");
         let membership = self.raft.membership_at(applied).clone();
         let snapshot = Snapshot {
             last_index: applied,
             last_term: term,
             voters: membership.voters.iter().copied().collect(),
-            locks: self.table.persistent_locks(now),
+            locks,
         };
         match self.wal.compact(&snapshot) {
             Ok(()) => {
@@ -644,5 +794,14 @@ impl Replica {
     fn publish(&self) {
         self.stats
             .publish(self.table.len(), &self.table.stats(), &self.counters);
+        let raft = &self.raft;
+        self.stats.publish_raft([
+            u64::from(raft.is_leader()),
+            raft.leader().unwrap_or(0),
+            raft.term(),
+            raft.commit_index(),
+            raft.applied_index(),
+            raft.last_index(),
+        ]);
     }
 }

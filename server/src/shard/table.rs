@@ -781,7 +781,14 @@ impl<R: ReplyTarget> Replay for Restorer<'_, R> {
         }
     }
 
-    fn apply(&mut self, entry: &Entry) {
+    fn apply(&mut self, entry: Entry) {
+        self.apply_entry(&entry);
+    }
+}
+
+impl<R: ReplyTarget> Restorer<'_, R> {
+    /// Applies one committed entry (a follower, or a table rebuilt from the log).
+    pub fn apply_entry(&mut self, entry: &Entry) {
         let EntryKind::Command(command) = &entry.kind else {
             return; // no-ops and membership changes hold no lock state
         };

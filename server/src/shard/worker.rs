@@ -91,6 +91,11 @@ impl ShardWorker {
         self.replica.fail_waiters(&error, &mut output);
         self.fail_held(&error, &mut output);
         self.replica.finish_turn(Instant::now(), &mut output);
+        let unknown = ProtocolError::new(
+            ErrorCode::ShuttingDown,
+            "the server stopped before it could confirm the answer; the request may or may not have taken effect",
+        );
+        self.replica.fail_unconfirmed(&unknown);
     }
 
     fn turn(&mut self, batch: &mut Vec<ShardMessage>, output: &mut Output<ReplyTo>) {
@@ -110,7 +115,7 @@ impl ShardWorker {
                     self.apply(message, now, output)
                 }
                 ShardMessage::Request { .. }
-                    if self.replica.is_leader() && self.held.len() < HELD_REQUESTS_MAX =>
+                    if self.replica.is_catching_up() && self.held.len() < HELD_REQUESTS_MAX =>
                 {
                     // Counted when applied.
                     self.held.push(message)
@@ -124,6 +129,11 @@ impl ShardWorker {
                 message => self.control(message, now, output),
             }
         }
+        if self.stopping {
+            // From the stop on, nobody waits: waiters queued this turn are answered too.
+            let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
+            self.replica.fail_waiters(&error, output);
+        }
         self.replica.finish_turn(now, output);
         if !was_serving && self.replica.is_serving() && !self.held.is_empty() {
             // Became a serving leader in this turn: the held requests go next turn first.
@@ -131,7 +141,7 @@ impl ShardWorker {
             held.append(batch);
             *batch = held;
             self.turn(batch, output);
-        } else if !self.replica.is_leader() && !self.held.is_empty() {
+        } else if !self.replica.is_catching_up() && !self.held.is_empty() {
             let error = self.replica.not_serving();
             self.fail_held(&error, output);
             self.replica.finish_turn(now, output);
@@ -175,7 +185,6 @@ impl ShardWorker {
             }
             ShardMessage::Shutdown => {
                 self.stopping = true;
-                self.replica.stop();
                 let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
                 self.replica.fail_waiters(&error, output);
                 self.fail_held(&error, output);

@@ -176,6 +176,18 @@ impl Wal {
             })
     }
 
+    /// The newest snapshot's file, as it is on disk (sent to a follower that is too far
+    /// behind, which stores the very same bytes).
+    pub fn snapshot_bytes(&self) -> Result<Vec<u8>, WalError> {
+        let path = self.dir.join(Snapshot::file_name(self.snapshot_index));
+        let contents = self.storage.read(&path).map_err(|source| WalError::Io {
+            operation: "read",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(contents.to_vec())
+    }
+
     /// Buffers `entry`, which must be the next one (see [`Wal::truncate_from`] for
     /// replacing entries); it is durable after the next successful [`Wal::commit`].
     pub fn append(&mut self, entry: &Entry) -> u64 {
@@ -235,12 +247,13 @@ impl Wal {
             self.snapshot_index,
             self.next_index
         );
-        while self
+        while let Some(segment) = self
             .segments
             .last()
-            .is_some_and(|segment| segment.first_index > index)
+            .filter(|segment| segment.first_index > index)
         {
-            let segment = self.segments.pop().expect("checked above");
+            // The file goes first: if that fails, the segment is still known and a retry
+            // deletes it.
             if segment.created {
                 self.storage
                     .remove(&segment.path)
@@ -250,6 +263,7 @@ impl Wal {
                         source,
                     })?;
             }
+            self.segments.pop();
         }
         let segment = self.segments.last_mut().expect("a segment holds the entry");
         segment.file = None;

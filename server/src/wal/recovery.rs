@@ -21,10 +21,11 @@ use super::snapshot::Snapshot;
 use super::storage::Storage;
 use super::WalError;
 
-/// Applies what recovery reads: the snapshot first, then every later entry in order.
+/// Applies what recovery reads: the snapshot first, then every later entry in order
+/// (handed over, not copied: a log can hold millions).
 pub trait Replay {
     fn restore(&mut self, snapshot: &Snapshot);
-    fn apply(&mut self, entry: &Entry);
+    fn apply(&mut self, entry: Entry);
 }
 
 /// A segment file found on disk.
@@ -165,10 +166,10 @@ pub(super) fn recover(
         let end_reason = loop {
             match Record::decode(&contents[offset..]) {
                 Ok((Record::Entry(entry), size)) if entry.index == expected => {
-                    replay.apply(&entry);
+                    last_term = entry.term;
+                    replay.apply(entry);
                     expected += 1;
                     applied += 1;
-                    last_term = entry.term;
                     bytes_since_snapshot += size as u64;
                     offset += size;
                 }

@@ -22,8 +22,8 @@ impl Replay for Replayed {
     fn restore(&mut self, snapshot: &Snapshot) {
         self.snapshot = Some(snapshot.clone());
     }
-    fn apply(&mut self, entry: &Entry) {
-        self.entries.push(entry.clone());
+    fn apply(&mut self, entry: Entry) {
+        self.entries.push(entry);
     }
 }
 

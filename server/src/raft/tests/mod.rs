@@ -170,9 +170,10 @@ impl Network {
             if let Some(hard_state) = ready.hard_state {
                 node.storage.hard_state = hard_state;
             }
-            for entry in &ready.committed {
-                let previous = node.applied.insert(entry.index, entry.kind.clone());
-                assert!(previous.is_none(), "entry {} applied twice", entry.index);
+            for index in ready.committed.clone() {
+                let entry = node.raft.log_entry(index).expect("a committed entry");
+                let previous = node.applied.insert(index, entry.kind.clone());
+                assert!(previous.is_none(), "entry {index} applied twice");
             }
             node.read_states.extend(ready.read_states.iter().copied());
             let messages = ready

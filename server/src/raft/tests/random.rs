@@ -196,8 +196,13 @@ impl Simulation {
             if let Some(hard_state) = ready.hard_state {
                 node.storage.hard_state = hard_state;
             }
-            for entry in &ready.committed {
-                self.apply(id, entry);
+            for index in ready.committed.clone() {
+                let entry = self.nodes[&id]
+                    .raft
+                    .log_entry(index)
+                    .expect("a committed entry")
+                    .clone();
+                self.apply(id, &entry);
             }
             for read in &ready.read_states {
                 if let Some((asker, committed_then)) = self.reads.remove(&read.context) {

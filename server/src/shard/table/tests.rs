@@ -787,7 +787,7 @@ proptest! {
         let mut restorer = Restorer::new(&mut rebuilt, h.now);
         restorer.restore(&snapshot);
         for (index, command) in h.log[from..].iter().enumerate() {
-            restorer.apply(&Entry { index: index as u64 + 1, term: 1, kind: crate::raft::EntryKind::Command(command.clone()) });
+            restorer.apply_entry(&Entry { index: index as u64 + 1, term: 1, kind: crate::raft::EntryKind::Command(command.clone()) });
         }
         for key in 0..3u8 {
             let key = format!("k{key}");
