@@ -114,6 +114,12 @@ pub const SHARDS_MAX: usize = 256;
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
 
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> ConfigError {
+        ConfigError(message.into())
+    }
+}
+
 impl Config {
     /// A server for tests: 127.0.0.1 with a port chosen by the OS, two shards.
     pub fn for_tests(data_dir: &Path) -> Config {
@@ -263,7 +269,11 @@ pub struct NodeAddress {
 /// Parses `ID=PEER_ADDR/CLIENT_ADDR,...`.
 fn parse_peers(text: &str) -> Result<BTreeMap<u64, NodeAddress>, ConfigError> {
     let mut nodes = BTreeMap::new();
-    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
         let bad = |why: &str| {
             ConfigError(format!(
                 "--peers item `{item}`: {why}; expected ID=PEER_ADDR/CLIENT_ADDR, e.g. 1=127.0.0.1:9001/127.0.0.1:8001"

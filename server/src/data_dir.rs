@@ -223,8 +223,14 @@ mod tests {
         let data_dir = DataDir::open(dir.path()).unwrap();
         data_dir.check_cluster("kahu", &[1, 2, 3]).unwrap();
         data_dir.check_cluster("kahu", &[1, 2, 3]).unwrap();
-        let error = data_dir.check_cluster("kahu", &[1]).unwrap_err().to_string();
-        assert!(error.contains("founders=1,2,3") && error.contains("founders=1\""), "{error}");
+        let error = data_dir
+            .check_cluster("kahu", &[1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("founders=1,2,3") && error.contains("founders=1\""),
+            "{error}"
+        );
         assert!(data_dir.check_cluster("other", &[1, 2, 3]).is_err());
     }
 

@@ -19,8 +19,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::net;
-use crate::raft::Membership;
 use crate::peer::transport::{PeerAddress, PeerConfig, PeerNetwork, RunningPeers};
+use crate::raft::Membership;
 use crate::shard::{NoPeers, PeerOutbox, ShardSet, ShardSettings, StartError};
 use crate::wal::storage::{FileStorage, Storage};
 
@@ -130,15 +130,17 @@ impl Server {
                     (id, address)
                 })
                 .collect();
-            let (outbox, network) = PeerNetwork::new(PeerConfig {
+            let peer_config = PeerConfig {
                 node_id: config.node_id,
                 cluster_id: config.cluster_id_hash(),
                 shard_count: shard_count as u16,
-                listen: config
-                    .peer_listen
-                    .unwrap_or(nodes[&config.node_id].peer),
+                listen: config.peer_listen.unwrap_or(nodes[&config.node_id].peer),
                 peers,
-            });
+            };
+            peer_config
+                .validate()
+                .map_err(|error| ConfigError::new(format!("--peers: {error}")))?;
+            let (outbox, network) = PeerNetwork::new(peer_config);
             (outbox as Arc<dyn PeerOutbox>, Some(network))
         } else {
             (Arc::new(NoPeers) as Arc<dyn PeerOutbox>, None)
@@ -271,7 +273,10 @@ impl RunningServer {
 }
 
 /// Starts the peer connections, delivering what arrives to the shards.
-async fn start_peers(network: PeerNetwork, shared: &Arc<Shared>) -> Result<RunningPeers, ServerError> {
+async fn start_peers(
+    network: PeerNetwork,
+    shared: &Arc<Shared>,
+) -> Result<RunningPeers, ServerError> {
     let deliver_to = shared.clone();
     let unreachable_to = shared.clone();
     let address = network.listen_addr();

@@ -23,6 +23,9 @@ struct Cluster {
     nodes: BTreeMap<u64, Node>,
 }
 
+/// Attempts at starting a cluster on freshly picked ports.
+const START_ATTEMPTS_MAX: usize = 5;
+
 /// A free port on 127.0.0.1, as the OS picks it.
 fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
@@ -30,7 +33,19 @@ fn free_port() -> SocketAddr {
 }
 
 impl Cluster {
+    /// Starts `size` nodes. A port picked for one node can be taken by someone else before
+    /// the node binds it; then the whole cluster starts again on new ports (bounded).
     async fn start(size: u64) -> Cluster {
+        for _ in 0..START_ATTEMPTS_MAX {
+            match Cluster::try_start(size).await {
+                Ok(cluster) => return cluster,
+                Err(error) => eprintln!("cluster start failed, retrying on new ports: {error}"),
+            }
+        }
+        panic!("the cluster did not start in {START_ATTEMPTS_MAX} attempts");
+    }
+
+    async fn try_start(size: u64) -> Result<Cluster, kahu_server::ServerError> {
         let addresses: BTreeMap<u64, (SocketAddr, SocketAddr)> = (1..=size)
             .map(|id| (id, (free_port(), free_port())))
             .collect();
@@ -39,7 +54,9 @@ impl Cluster {
             .map(|(id, (client, peer))| format!("{id}={peer}/{client}"))
             .collect();
         let peers = peers.join(",");
-        let mut nodes = BTreeMap::new();
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+        };
         for (&id, &(client, _)) in &addresses {
             let data_dir = tempfile::tempdir().expect("data directory");
             let mut config = Config::for_tests(data_dir.path());
@@ -47,8 +64,17 @@ impl Cluster {
             config.node_id = id;
             config.peers = peers.clone();
             config.tick_ms = 10;
-            let server = Server::start(config).await.expect("node starts");
-            nodes.insert(
+            let server = match Server::start(config).await {
+                Ok(server) => server,
+                Err(error) => {
+                    let ids: Vec<u64> = cluster.running().map(|(id, _)| id).collect();
+                    for id in ids {
+                        cluster.stop(id).await;
+                    }
+                    return Err(error);
+                }
+            };
+            cluster.nodes.insert(
                 id,
                 Node {
                     server: Some(server),
@@ -57,7 +83,7 @@ impl Cluster {
                 },
             );
         }
-        Cluster { nodes }
+        Ok(cluster)
     }
 
     fn running(&self) -> impl Iterator<Item = (u64, SocketAddr)> + '_ {
@@ -133,7 +159,10 @@ impl Cluster {
     async fn wait_until_settled(&self) {
         let started = Instant::now();
         loop {
-            assert!(started.elapsed() < STEP_TIMEOUT, "the cluster did not settle");
+            assert!(
+                started.elapsed() < STEP_TIMEOUT,
+                "the cluster did not settle"
+            );
             let mut infos = Vec::new();
             for (_, address) in self.running() {
                 infos.push(self.info(address).await);
@@ -161,7 +190,11 @@ impl Cluster {
 /// The address in a NOT_LEADER message's `leader=HOST:PORT`.
 fn leader_hint(message: &str) -> Option<SocketAddr> {
     let (_, rest) = message.split_once("leader=")?;
-    rest.split_whitespace().next()?.trim_end_matches(';').parse().ok()
+    rest.split_whitespace()
+        .next()?
+        .trim_end_matches(';')
+        .parse()
+        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +219,12 @@ async fn three_nodes_elect_leaders_replicate_locks_and_point_clients_to_the_lead
     match client.call(1, &get("backup-lock")).await {
         Response::Error(error) => {
             assert_eq!(error.code, Some(ErrorCode::NotLeader));
-            assert_eq!(leader_hint(&error.message), Some(leader), "{}", error.message);
+            assert_eq!(
+                leader_hint(&error.message),
+                Some(leader),
+                "{}",
+                error.message
+            );
         }
         other => panic!("a follower answered {other:?}"),
     }
@@ -249,7 +287,9 @@ async fn a_lock_survives_its_leader_and_tokens_keep_growing() {
     let (regranted, _) = cluster.call(&lock("payments", "worker-2", 60_000, 0)).await;
     let next = token(&regranted);
     assert!(next > held, "token {next} not above {held}");
-    let (cache, _) = cluster.call(&lock("cache-warm", "worker-3", 60_000, 0)).await;
+    let (cache, _) = cluster
+        .call(&lock("cache-warm", "worker-3", 60_000, 0))
+        .await;
     if let Response::Acquired(acquired) = cache {
         assert!(acquired.token > ephemeral_token);
     }

@@ -190,16 +190,9 @@ pub struct ShardSet {
     _data_dir: Arc<DataDir>,
 }
 
-/// Hashes a key for routing and for the shard's own index.
-pub fn key_hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key)
-}
-
-/// The shard of a key hash: the high 32 bits scaled to the shard count (the low bits are
-/// left to the table's index, so the two uses do not correlate).
-pub fn shard_of(hash: u64, shard_count: usize) -> usize {
-    (((hash >> 32) * shard_count as u64) >> 32) as usize
-}
+/// Where keys go: the hash (also the table's index hash) and the shard, shared with clients
+/// so they can send each key to its shard's leader.
+pub use kahu_protocol::routing::{key_hash, shard_of};
 
 impl ShardSet {
     /// Recovers every shard from its log (in parallel), raises the token epoch above every
@@ -380,7 +373,10 @@ impl ShardSet {
         let mut fields = Vec::with_capacity(self.stats.len() * RAFT_STAT_NAMES.len());
         for (shard, stats) in self.stats.iter().enumerate() {
             for (name, value) in RAFT_STAT_NAMES.iter().zip(&stats.raft) {
-                fields.push((format!("shard{shard}_{name}"), value.load(Ordering::Relaxed)));
+                fields.push((
+                    format!("shard{shard}_{name}"),
+                    value.load(Ordering::Relaxed),
+                ));
             }
         }
         fields

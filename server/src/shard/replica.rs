@@ -249,10 +249,6 @@ impl Replica {
         self.raft.is_leader() && !self.serving
     }
 
-    pub(super) fn is_leader(&self) -> bool {
-        self.raft.is_leader()
-    }
-
     pub(super) fn is_stalled(&self) -> bool {
         self.stalled
     }
@@ -289,7 +285,12 @@ impl Replica {
 
     pub(super) fn step(&mut self, message: raft::Message<Command>) {
         if message.to != self.raft.id() || message.from == 0 || message.from == self.raft.id() {
-            tracing::warn!(shard = self.shard, from = message.from, to = message.to, "dropped a peer message not meant for this node");
+            tracing::warn!(
+                shard = self.shard,
+                from = message.from,
+                to = message.to,
+                "dropped a peer message not meant for this node"
+            );
             return;
         }
         if let raft::MessageBody::InstallSnapshot { snapshot } = &message.body {
@@ -299,7 +300,11 @@ impl Replica {
                 decoded.last_index == snapshot.meta.index && decoded.last_term == snapshot.meta.term
             });
             if !readable {
-                tracing::warn!(shard = self.shard, from = message.from, "dropped a snapshot that does not decode or does not match its position");
+                tracing::warn!(
+                    shard = self.shard,
+                    from = message.from,
+                    "dropped a snapshot that does not decode or does not match its position"
+                );
                 return;
             }
         }
@@ -341,7 +346,6 @@ impl Replica {
     pub(super) fn fail_waiters(&mut self, error: &ProtocolError, output: &mut Output<ReplyTo>) {
         self.table.fail_all_waiters(error, output);
     }
-
 
     /// The reply to a request this node cannot serve now.
     pub(super) fn not_serving(&self) -> ProtocolError {
@@ -758,8 +762,8 @@ impl Replica {
         }
         // A follower's table is the applied state; so is a leader's with nothing in
         // flight. A busy leader's table is ahead: replay the applied state aside.
-        let table_is_applied_state = !self.raft.is_leader()
-            || (self.serving && applied == self.raft.last_index());
+        let table_is_applied_state =
+            !self.raft.is_leader() || (self.serving && applied == self.raft.last_index());
         let locks = if table_is_applied_state {
             self.table.persistent_locks(now)
         } else {
