@@ -38,6 +38,8 @@ pub enum Workload {
     Recovery,
     /// The server's memory per held lock.
     Hold,
+    /// A 3-node cluster: time from SIGKILL of a shard leader to the next grant there.
+    Failover,
 }
 
 impl Workload {
@@ -49,6 +51,7 @@ impl Workload {
             Workload::Get => "get",
             Workload::Recovery => "recovery",
             Workload::Hold => "hold",
+            Workload::Failover => "failover",
         }
     }
 }
@@ -73,6 +76,8 @@ pub struct Plan {
     /// Progress: responses so far, counted only when `count_progress`.
     pub progress: AtomicU64,
     pub count_progress: bool,
+    /// Against a cluster: which shards each connection's keys must be on.
+    pub routes: Option<crate::cluster::Routes>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +97,11 @@ struct Slot {
     busy: bool,
 }
 
+/// The one key of the contended and scheduler workloads (named per run, like every key).
+pub fn shared_key_name() -> String {
+    format!("job-queue-lock-{}", std::process::id())
+}
+
 impl Slot {
     fn new(plan: &Plan, connection: usize, slot: usize) -> Slot {
         let shared_key = matches!(plan.workload, Workload::Contended | Workload::Scheduler);
@@ -99,10 +109,14 @@ impl Slot {
         // ends) cannot disturb this one.
         let run = std::process::id();
         let key = if shared_key {
-            Bytes::from(format!("job-queue-lock-{run}"))
+            Bytes::from(shared_key_name())
         } else {
             let number = (connection * plan.pipeline + slot) % plan.keys.max(1);
-            Bytes::from(format!("bench-{run}-{number}"))
+            let base = format!("bench-{run}-{number}");
+            match &plan.routes {
+                Some(routes) => Bytes::from(routes.key(connection, &base)),
+                None => Bytes::from(base),
+            }
         };
         let owner = Bytes::from(format!("bench-{}-{connection}-{slot}", std::process::id()));
         let wait_ms = if shared_key { plan.wait_ms } else { 0 };

@@ -16,7 +16,9 @@
 //! kind and the settings; `--json` prints one object; `--hgrm FILE` writes the full
 //! percentile distribution. Per-connection histograms are merged at the end.
 
+mod cluster;
 mod echo;
+mod failover;
 mod hold;
 mod load;
 mod recovery;
@@ -57,9 +59,16 @@ struct Options {
     /// Durability of the locks taken.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Persistent)]
     durability: DurabilityArg,
-    /// Server address.
-    #[arg(short = 'c', long, env = "KAHU_ADDR", default_value = "127.0.0.1:8002")]
-    connection_source: SocketAddr,
+    /// Server address, or a cluster's nodes comma-separated (each connection then goes to
+    /// a shard leader, with keys on the shards it leads).
+    #[arg(
+        short = 'c',
+        long,
+        env = "KAHU_ADDR",
+        default_value = "127.0.0.1:8002",
+        value_delimiter = ','
+    )]
+    connection_source: Vec<SocketAddr>,
     /// Concurrent connections.
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -101,9 +110,12 @@ struct Options {
     /// recovery: live persistent locks in the log; hold: locks to take.
     #[arg(long, default_value_t = 1_000_000)]
     locks: u64,
-    /// recovery: the kahu-server binary (default: beside kahu-bench).
+    /// recovery, failover: the kahu-server binary (default: beside kahu-bench).
     #[arg(long)]
     server_bin: Option<std::path::PathBuf>,
+    /// failover: shard leaders to kill, one sample each.
+    #[arg(long, default_value_t = 10)]
+    kills: usize,
 }
 
 #[tokio::main]
@@ -113,13 +125,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let server = recovery::server_binary(options.server_bin.clone());
         return recovery::run(options.locks, &server, options.json);
     }
+    if options.workload == Workload::Failover {
+        let server = recovery::server_binary(options.server_bin.clone());
+        return tokio::task::spawn_blocking(move || {
+            failover::run(options.kills, &server, options.json).map_err(|error| error.to_string())
+        })
+        .await?
+        .map_err(Into::into);
+    }
     if options.workload == Workload::Hold {
         let durability = match options.durability {
             DurabilityArg::Persistent => Durability::Persistent,
             DurabilityArg::Ephemeral => Durability::Ephemeral,
         };
         return hold::run(
-            options.connection_source,
+            options.connection_source[0],
             options.locks,
             options.ttl_ms,
             durability,
@@ -140,7 +160,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("--target redis:// runs the closed-loop acquire-release workload".into());
     }
     let address: SocketAddr = match (options.target.as_str(), &redis) {
-        ("kahu", _) => options.connection_source,
+        ("kahu", _) => options.connection_source[0],
         ("echo", _) => echo::start()?,
         (_, Some(address)) => tokio::net::lookup_host(address.as_str())
             .await?
@@ -156,6 +176,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ if redis.is_some() => (Durability::Ephemeral, "redis-config"),
         DurabilityArg::Persistent => (Durability::Persistent, "persistent"),
         DurabilityArg::Ephemeral => (Durability::Ephemeral, "ephemeral"),
+    };
+    let routes = if options.target == "kahu" && options.connection_source.len() > 1 {
+        let shared = matches!(options.workload, Workload::Contended | Workload::Scheduler)
+            .then(load::shared_key_name);
+        Some(
+            cluster::discover(
+                &options.connection_source,
+                options.connections,
+                shared.as_deref(),
+            )
+            .await?,
+        )
+    } else {
+        None
     };
     let start = Instant::now();
     let warmup_end = start + Duration::from_secs_f64(options.warmup);
@@ -178,9 +212,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         last_release_ns: AtomicU64::new(0),
         progress: AtomicU64::new(0),
         count_progress: std::io::stderr().is_terminal() && !options.json,
+        routes: routes.clone(),
     });
     let mut connections = Vec::with_capacity(options.connections);
     for connection in 0..options.connections {
+        let address = routes
+            .as_ref()
+            .map_or(address, |routes| routes.connections[connection].0);
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         if redis.is_some() {

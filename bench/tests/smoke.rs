@@ -128,3 +128,37 @@ async fn every_workload_and_mode_prints_parseable_json() {
     );
     server.shutdown().await;
 }
+
+/// The failover workload starts its own 3-node cluster of `kahu-server` processes, kills a
+/// shard leader and waits for a grant from the survivors: one round here.
+#[test]
+fn failover_runs_one_round_against_its_own_cluster() {
+    let server =
+        std::path::Path::new(env!("CARGO_BIN_EXE_kahu-bench")).with_file_name("kahu-server");
+    if !server.exists() {
+        // `cargo test -p kahu-bench` alone does not build the server binary.
+        eprintln!("skipped: {} is not built", server.display());
+        return;
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_kahu-bench"))
+        .args([
+            "--workload",
+            "failover",
+            "--kills",
+            "1",
+            "--json",
+            "--server-bin",
+        ])
+        .arg(&server)
+        .output()
+        .expect("run kahu-bench");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(result["workload"], "failover");
+    assert!(result["p50_ms"].as_f64().unwrap() > 0.0);
+}
