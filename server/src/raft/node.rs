@@ -57,6 +57,8 @@ pub enum ProposeError {
     LeaderNotReady,
     #[error("invalid membership change: {0}")]
     InvalidMembershipChange(&'static str),
+    #[error("entries were forgotten without a snapshot; take one before adding a voter")]
+    SnapshotNeeded,
 }
 
 /// A read waiting for a quorum to confirm this node still leads.
@@ -346,6 +348,13 @@ impl<C: Payload> Raft<C> {
         if self.memberships.last().expect("a membership").0 > self.log.committed() {
             return Err(ProposeError::MembershipChangePending);
         }
+        let snapshot_index = self
+            .snapshot
+            .as_ref()
+            .map_or(0, |snapshot| snapshot.meta.index);
+        if snapshot_index < self.log.snapshot_index() {
+            return Err(ProposeError::SnapshotNeeded);
+        }
         let mut membership = self.membership().clone();
         match change {
             MembershipChange::AddVoter(0) => {
@@ -420,22 +429,52 @@ impl<C: Payload> Raft<C> {
             snapshot.meta.index,
             self.log.applied()
         );
-        if snapshot.meta.index <= self.log.snapshot_index() {
-            return;
+        if snapshot.meta.index < self.log.snapshot_index() {
+            return; // older than what the log has already let go of
         }
         assert_eq!(
             self.log.term(snapshot.meta.index),
             Some(snapshot.meta.term),
             "snapshot term does not match the log"
         );
-        self.log.compact(snapshot.meta.index);
+        if snapshot.meta.index > self.log.snapshot_index() {
+            self.log.compact(snapshot.meta.index);
+            let keep_from = self
+                .memberships
+                .iter()
+                .rposition(|(index, _)| *index <= snapshot.meta.index)
+                .expect("a membership at or before the snapshot");
+            self.memberships.drain(..keep_from);
+        }
+        self.snapshot = Some(snapshot);
+    }
+
+    /// Drops the entries up to `index` from memory without a snapshot. Only for a group
+    /// whose only voter is this node: nobody will ever ask it for them. (Before another
+    /// voter is added, [`Raft::compact`] must give it a snapshot that covers them:
+    /// [`Raft::propose_membership`] refuses until then.)
+    pub fn forget_applied_entries(&mut self, index: u64) {
+        self.assert_not_in_ready();
+        assert!(
+            self.membership().voters.len() == 1 && self.membership().contains(self.id),
+            "entries are forgotten only in a one-voter group"
+        );
+        let index = index.min(self.log.applied()).min(self.log.persisted());
+        if index <= self.log.snapshot_index() {
+            return;
+        }
+        self.log.compact(index);
         let keep_from = self
             .memberships
             .iter()
-            .rposition(|(index, _)| *index <= snapshot.meta.index)
-            .expect("a membership at or before the snapshot");
+            .rposition(|(at, _)| *at <= index)
+            .expect("a membership at or before the index");
         self.memberships.drain(..keep_from);
-        self.snapshot = Some(snapshot);
+    }
+
+    /// The index of the first entry the node still holds in memory.
+    pub fn first_index(&self) -> u64 {
+        self.log.first_index()
     }
 
     pub fn has_ready(&self) -> bool {

@@ -408,8 +408,21 @@ impl Replica {
         self.drive(now, output);
         self.send_committed(output);
         self.snapshot_if_due(now);
+        self.forget_applied_entries();
         self.publish();
         send(&mut output.replies);
+    }
+
+    /// A one-voter group keeps no applied entries in memory (no follower will ask for
+    /// them, and its table is never rebuilt once it serves), in batches to amortize.
+    fn forget_applied_entries(&mut self) {
+        const FORGET_BATCH_ENTRIES: u64 = 1024;
+        let membership = self.raft.membership();
+        let alone = membership.voters.len() == 1 && membership.contains(self.raft.id());
+        let applied = self.raft.applied_index();
+        if alone && self.is_serving() && applied >= self.raft.first_index() + FORGET_BATCH_ENTRIES {
+            self.raft.forget_applied_entries(applied);
+        }
     }
 
     /// Sends replies at once on a single node (or when not serving: they are refusals);
@@ -647,10 +660,12 @@ impl Replica {
             }
         }
         for index in self.wal.snapshot_index() + 1..=self.raft.applied_index() {
-            let entry = self
-                .raft
-                .log_entry(index)
-                .expect("applied entries after the snapshot are in the log");
+            let entry = self.raft.log_entry(index).unwrap_or_else(|| {
+                panic!(
+                    "shard {}: entry {index} is not in memory (a one-voter group forgets applied entries and never rebuilds)",
+                    self.shard
+                )
+            });
             restorer.apply_entry(entry);
         }
         table
@@ -766,8 +781,10 @@ impl Replica {
             !self.raft.is_leader() || (self.serving && applied == self.raft.last_index());
         let locks = if table_is_applied_state {
             self.table.persistent_locks(now)
-        } else {
+        } else if self.raft.first_index() <= self.wal.snapshot_index() + 1 {
             self.applied_table(now).persistent_locks(now)
+        } else {
+            return; // entries forgotten (one voter) and the table ahead: next turn
         };
         let term = self.raft.term_at(applied).expect("an applied entry");
         let membership = self.raft.membership_at(applied).clone();

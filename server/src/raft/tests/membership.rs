@@ -103,3 +103,25 @@ fn an_uncommitted_membership_is_undone_when_its_entry_is_replaced() {
         "membership reverted"
     );
 }
+
+#[test]
+fn a_single_voter_that_forgot_entries_needs_a_snapshot_before_adding_a_voter() {
+    let mut network = Network::new(1);
+    network.elect(1);
+    network.propose(1, &[1, 2, 3]);
+    let applied = network.raft(1).applied_index();
+    network.raft_mut(1).forget_applied_entries(applied);
+    assert_eq!(network.raft(1).first_index(), applied + 1);
+    assert_eq!(
+        network
+            .raft_mut(1)
+            .propose_membership(MembershipChange::AddVoter(2)),
+        Err(ProposeError::SnapshotNeeded)
+    );
+    let snapshot = super::snapshot_of(&network, 1);
+    network.raft_mut(1).compact(snapshot);
+    network
+        .raft_mut(1)
+        .propose_membership(MembershipChange::AddVoter(2))
+        .expect("with a snapshot covering what was forgotten");
+}
