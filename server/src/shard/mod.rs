@@ -10,6 +10,8 @@
 pub mod clock;
 mod lease_heap;
 mod replica;
+#[cfg(test)]
+mod simulation;
 pub mod table;
 pub mod timers;
 pub mod tokens;

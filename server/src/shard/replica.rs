@@ -253,6 +253,12 @@ impl Replica {
         self.stalled
     }
 
+    /// The Raft core, for the deterministic simulation's checks (`simulation/`).
+    #[cfg(test)]
+    pub(super) fn raft(&self) -> &Raft<Command> {
+        &self.raft
+    }
+
     pub(super) fn table(&mut self) -> &mut LockTable<ReplyTo> {
         &mut self.table
     }
