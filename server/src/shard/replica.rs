@@ -219,6 +219,7 @@ impl Replica {
     /// Starts the group member: a one-voter group elects itself at once. (No snapshot
     /// now, even if one is due: it waits for the first commit, after serving starts.)
     pub(super) fn start(&mut self, now: Instant) {
+        let started = Instant::now();
         let membership = self.raft.membership();
         if membership.voters.len() == 1 && membership.contains(self.raft.id()) {
             // Its table is built once it leads (just below).
@@ -231,6 +232,12 @@ impl Replica {
         self.drive(now, &mut output);
         self.publish();
         debug_assert!(output.is_empty(), "no requests before the start");
+        tracing::debug!(
+            shard = self.shard,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            serving = self.serving,
+            "shard started"
+        );
     }
 
     /// Leading in the term it started serving in, able to grant, not handing over: the
@@ -646,7 +653,15 @@ impl Replica {
 
     /// Replaces the table with the newest snapshot plus the applied log.
     fn rebuild_table(&mut self, now: Instant) {
+        let started = Instant::now();
         self.table = self.applied_table(now);
+        tracing::info!(
+            shard = self.shard,
+            keys = self.table.len(),
+            applied_index = self.raft.applied_index(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the lock table from the snapshot and the log"
+        );
     }
 
     /// A table holding exactly the applied state: the newest snapshot plus the applied
