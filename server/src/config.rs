@@ -151,9 +151,15 @@ impl Config {
         parse_peers(&self.peers)
     }
 
-    /// The cluster id as the peer handshake carries it: a stable 128-bit hash of the name.
-    pub fn cluster_id_hash(&self) -> u128 {
-        xxhash_rust::xxh3::xxh3_128(self.cluster_id.as_bytes())
+    /// The cluster id as the peer handshake carries it: a stable 128-bit hash of the name
+    /// and of every founding node with its addresses, so that nodes started with different
+    /// `--peers` lists (whose majorities need not overlap) refuse to talk to each other.
+    pub fn cluster_id_hash(&self, nodes: &BTreeMap<u64, NodeAddress>) -> u128 {
+        let mut identity = self.cluster_id.clone();
+        for (id, address) in nodes {
+            identity.push_str(&format!("|{id}={}/{}", address.peer, address.client));
+        }
+        xxhash_rust::xxh3::xxh3_128(identity.as_bytes())
     }
 
     /// The Raft timing of every shard.

@@ -135,13 +135,13 @@ impl DataDir {
         }
     }
 
-    /// Checks that this directory belongs to the cluster `name` founded by `voters` (a
-    /// single node: itself), storing both for a new directory. A node's logs hold the
+    /// Checks that this directory belongs to node `node` of the cluster `name` founded by
+    /// `voters` (a single node: itself), storing all three for a new directory. A node's logs hold the
     /// cluster's history, so a directory must never change clusters or be reused as a
     /// different founding configuration.
-    pub fn check_cluster(&self, name: &str, voters: &[u64]) -> Result<(), DataDirError> {
+    pub fn check_cluster(&self, name: &str, voters: &[u64], node: u64) -> Result<(), DataDirError> {
         let voters: Vec<String> = voters.iter().map(u64::to_string).collect();
-        let requested = format!("name={name} founders={}", voters.join(","));
+        let requested = format!("name={name} founders={} node={node}", voters.join(","));
         let path = self.path.join("cluster");
         match fs::read_to_string(&path) {
             Ok(text) if text.trim() == requested => Ok(()),
@@ -221,17 +221,21 @@ mod tests {
     fn a_directory_stays_with_its_cluster() {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = DataDir::open(dir.path()).unwrap();
-        data_dir.check_cluster("kahu", &[1, 2, 3]).unwrap();
-        data_dir.check_cluster("kahu", &[1, 2, 3]).unwrap();
+        data_dir.check_cluster("kahu", &[1, 2, 3], 2).unwrap();
+        data_dir.check_cluster("kahu", &[1, 2, 3], 2).unwrap();
         let error = data_dir
-            .check_cluster("kahu", &[1])
+            .check_cluster("kahu", &[1], 2)
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("founders=1,2,3") && error.contains("founders=1\""),
+            error.contains("founders=1,2,3") && error.contains("founders=1 "),
             "{error}"
         );
-        assert!(data_dir.check_cluster("other", &[1, 2, 3]).is_err());
+        assert!(data_dir.check_cluster("other", &[1, 2, 3], 2).is_err());
+        assert!(
+            data_dir.check_cluster("kahu", &[1, 2, 3], 3).is_err(),
+            "another node's directory"
+        );
     }
 
     #[test]

@@ -78,6 +78,8 @@ impl ConnectionCounts {
 #[derive(Debug)]
 pub struct Shared {
     pub shards: ShardSet,
+    /// This node's id in its cluster (1 for a single node).
+    pub node_id: u64,
     pub epoch: u64,
     pub started: Instant,
     pub connections: ConnectionCounts,
@@ -117,7 +119,7 @@ impl Server {
         } else {
             vec![config.node_id]
         };
-        data_dir.check_cluster(&config.cluster_id, &founders)?;
+        data_dir.check_cluster(&config.cluster_id, &founders, config.node_id)?;
         let (outbox, network) = if founders.len() > 1 {
             let peers = nodes
                 .iter()
@@ -132,7 +134,7 @@ impl Server {
                 .collect();
             let peer_config = PeerConfig {
                 node_id: config.node_id,
-                cluster_id: config.cluster_id_hash(),
+                cluster_id: config.cluster_id_hash(&nodes),
                 shard_count: shard_count as u16,
                 listen: config.peer_listen.unwrap_or(nodes[&config.node_id].peer),
                 peers,
@@ -178,6 +180,7 @@ impl Server {
         let (shutdown_sender, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             shards,
+            node_id: config.node_id,
             epoch,
             started: Instant::now(),
             connections: ConnectionCounts::default(),
@@ -190,7 +193,7 @@ impl Server {
             shutdown,
         });
         let peers = match network {
-            Some(network) => Some(start_peers(network, &shared).await?),
+            Some(network) => Some(start_peers(network, &shared, founders.clone()).await?),
             None => None,
         };
         let tracker = TaskTracker::new();
@@ -272,10 +275,13 @@ impl RunningServer {
     }
 }
 
-/// Starts the peer connections, delivering what arrives to the shards.
+/// Starts the peer connections, delivering what arrives to the shards. Only the nodes
+/// named in `--peers` are heard (the handshake has already refused other clusters and
+/// other founders).
 async fn start_peers(
     network: PeerNetwork,
     shared: &Arc<Shared>,
+    nodes: Vec<u64>,
 ) -> Result<RunningPeers, ServerError> {
     let deliver_to = shared.clone();
     let unreachable_to = shared.clone();
@@ -283,7 +289,14 @@ async fn start_peers(
     network
         .start(
             Arc::new(move |shard, message| {
-                deliver_to.shards.deliver_peer(usize::from(shard), message);
+                if nodes.contains(&message.from) {
+                    deliver_to.shards.deliver_peer(usize::from(shard), message);
+                } else {
+                    tracing::warn!(
+                        from = message.from,
+                        "dropped a message from a node not in --peers"
+                    );
+                }
             }),
             Arc::new(move |node| unreachable_to.shards.peer_unreachable(node)),
         )

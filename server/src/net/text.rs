@@ -7,7 +7,7 @@
 //! and its waiter dropped. Telnet option negotiation (IAC sequences), CR and NUL bytes are
 //! removed from each line. A line longer than `text_line_bytes_max` is answered with
 //! `ERR LINE_TOO_LONG` and skipped up to its end; a line that is not UTF-8 with
-//! `ERR MALFORMED`. The default owner is `text-<epoch>-<connection id>`, one per session
+//! `ERR MALFORMED`. The default owner is `text-<node>-<epoch>-<connection id>`, one per session
 //! and never the same across restarts (persistent locks outlive a restart; a session after
 //! it must not re-enter a lock a session before it took).
 
@@ -68,7 +68,10 @@ pub(super) async fn serve(stream: TcpStream, shared: &Shared, connection_id: u64
     let mut session = Session {
         shared,
         connection_id,
-        owner: Bytes::from(format!("text-{}-{connection_id}", shared.epoch)),
+        owner: Bytes::from(format!(
+            "text-{}-{}-{connection_id}",
+            shared.node_id, shared.epoch
+        )),
         reader,
         writer,
         input: BytesMut::with_capacity(1024),

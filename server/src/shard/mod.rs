@@ -274,7 +274,9 @@ impl ShardSet {
                         stats: stats[id].clone(),
                         peers: settings.peers.clone(),
                         timing: settings.raft,
-                        seed: epoch ^ ((id as u64) << 32),
+                        // Different on every node, shard and run, so that election timeouts
+                        // of nodes started together do not move in lockstep.
+                        seed: election_seed(settings.node, id, epoch),
                     };
                     std::thread::Builder::new()
                         .name(format!("kahu-start-{id}"))
@@ -457,6 +459,24 @@ fn recover_shard(
         stored,
         token_max,
     })
+}
+
+/// A seed for a shard's randomized election timeouts.
+fn election_seed(node: NodeId, shard: usize, epoch: u64) -> u64 {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    xxhash_rust::xxh3::xxh3_64(
+        &[
+            node,
+            shard as u64,
+            epoch,
+            clock,
+            u64::from(std::process::id()),
+        ]
+        .map(u64::to_le_bytes)
+        .concat(),
+    )
 }
 
 /// Runs a worker; a panic in it is a bug that has lost that shard's lock state, so the

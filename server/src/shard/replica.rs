@@ -306,6 +306,31 @@ impl Replica {
             );
             return;
         }
+        if let raft::MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            ..
+        } = &message.body
+        {
+            // The core asserts what a correct leader always sends; a peer that sends
+            // anything else is dropped here rather than taking the node down.
+            let mut previous = (*prev_index, *prev_term);
+            for entry in entries {
+                if entry.index != previous.0 + 1
+                    || entry.term < previous.1
+                    || entry.term > message.term
+                {
+                    tracing::warn!(
+                        shard = self.shard,
+                        from = message.from,
+                        "dropped an append whose entries do not follow each other"
+                    );
+                    return;
+                }
+                previous = (entry.index, entry.term);
+            }
+        }
         if let raft::MessageBody::InstallSnapshot { snapshot } = &message.body {
             // The core takes a snapshot's position on trust; its bytes are checked here,
             // before the core drops its log for them.
@@ -493,6 +518,11 @@ impl Replica {
             self.attach_snapshot_data(&mut messages);
             self.peers.send(self.shard, messages);
             if let Some(snapshot) = ready.snapshot.take() {
+                if self.serving {
+                    // Deposed by a leader far ahead: answer this table's waiters and
+                    // pending replies before the snapshot replaces it.
+                    self.depose(output);
+                }
                 self.install_snapshot(&snapshot, now);
             }
             let mut unpersisted = Unpersisted {
@@ -598,8 +628,13 @@ impl Replica {
             self.serve_in_term(role.term);
             return;
         }
-        // Deposed: what this table decided but never committed, its ephemeral locks and
-        // its waiters end here.
+        self.depose(output);
+        self.rebuild_table(now);
+    }
+
+    /// Deposed: what this table decided but never committed, its ephemeral locks and its
+    /// waiters end here (the caller replaces the table).
+    fn depose(&mut self, output: &mut Output<ReplyTo>) {
         self.serving = false;
         let error = self.not_serving();
         self.table.fail_all_waiters(&error, output);
@@ -609,7 +644,6 @@ impl Replica {
         }
         self.fail_unconfirmed(&unknown);
         self.proposals.clear();
-        self.rebuild_table(now);
     }
 
     /// The answer to a request decided by a leader that lost its leadership before the
