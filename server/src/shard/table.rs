@@ -151,7 +151,8 @@ impl<R: ReplyTarget> LockTable<R> {
         }
     }
 
-    /// Every persistent lock held at `now`, with the lease it has left, for a snapshot.
+    /// Every persistent lock the log holds, with the lease it has left at `now`, for a
+    /// snapshot.
     pub fn persistent_locks(&self, now: Instant) -> Vec<SnapshotLock> {
         let Some(now) = self.clock.moment_if_started(now) else {
             return Vec::new();
@@ -161,15 +162,16 @@ impl<R: ReplyTarget> LockTable<R> {
             .filter_map(|&index| {
                 let slot = &self.slots[index as usize];
                 let holder = slot.holder()?;
-                (holder.durability == Durability::Persistent && holder.expires_at > now).then(
-                    || SnapshotLock {
-                        key: Bytes::copy_from_slice(slot.key()),
-                        owner: Bytes::copy_from_slice(holder.owner),
-                        token: holder.token,
-                        // Rounded up: a lease is never shortened by a snapshot.
-                        ttl_ms: holder.expires_at.microseconds_since(now).div_ceil(1000),
-                    },
-                )
+                // Also a lease that ran out on this node's count but that the log has not
+                // released: a follower counts from when it applied the grant, and an
+                // Extend later in the log may renew it. (It is restored with 0 left.)
+                (holder.durability == Durability::Persistent).then(|| SnapshotLock {
+                    key: Bytes::copy_from_slice(slot.key()),
+                    owner: Bytes::copy_from_slice(holder.owner),
+                    token: holder.token,
+                    // Rounded up: a lease is never shortened by a snapshot.
+                    ttl_ms: holder.expires_at.microseconds_since(now).div_ceil(1000),
+                })
             })
             .collect()
     }

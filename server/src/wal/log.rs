@@ -518,14 +518,24 @@ impl Wal {
     }
 }
 
-/// Where the entry `index` starts in a segment's bytes.
+/// Where the entry `index` starts in a segment's bytes; or, if the records end just
+/// before it (a truncation at `index` that was cut but not synced, being retried), where
+/// they end.
 fn entry_offset(contents: &[u8], index: u64) -> Option<u64> {
     let mut offset = 0usize;
+    let mut last_index = None;
     loop {
         match Record::decode(&contents[offset..]) {
             Ok((Record::Entry(entry), _)) if entry.index == index => return Some(offset as u64),
-            Ok((_, size)) => offset += size,
-            Err(_) => return None,
+            Ok((record, size)) => {
+                if let Record::Entry(entry) = record {
+                    last_index = Some(entry.index);
+                }
+                offset += size;
+            }
+            Err(_) => {
+                return (last_index.map(|last| last + 1) == Some(index)).then_some(offset as u64)
+            }
         }
     }
 }

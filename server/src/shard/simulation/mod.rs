@@ -21,8 +21,9 @@
 //! `KAHU_SIM_SEEDS=N` runs seeds 0..N (default [`SEEDS_DEFAULT`], less [`SKIPPED`]);
 //! `KAHU_SIM_SEED=S` runs seed S alone; `KAHU_SIM_TRACE=1` prints what happens (`2`: every
 //! peer message too); `KAHU_SIM_STATS=1` prints a line per seed; `KAHU_SIM_KEEP_GOING=1`
-//! runs every seed and names all that failed; `KAHU_SIM_STRICT=1` takes away what keeps
-//! known bugs from failing runs (see [`KNOWN_FAILING`] and `verdict.rs`).
+//! runs every seed and names all that failed. Runs are strict: `KAHU_SIM_STRICT=0` brings
+//! back the allowances once made for two bugs this simulation found, since fixed (see
+//! [`KNOWN_FAILING`] and `verdict.rs`).
 
 mod client;
 mod cluster;
@@ -44,7 +45,7 @@ const PARTS: u64 = 2;
 
 /// Seeds that fail on the known snapshot bug (see [`KNOWN_FAILING`]), skipped by the
 /// seed ranges of the default tests (not by `KAHU_SIM_SEED`). Empty this once it is fixed.
-const SKIPPED: &[u64] = &[211];
+const SKIPPED: &[u64] = &[];
 
 /// Seeds that fail on known server bugs, with whether they need `strict` to show it. Each
 /// must pass once its bug is fixed; then remove it here (and from [`SKIPPED`]).
@@ -80,7 +81,8 @@ fn run(seed: u64, strict: bool) -> String {
 
 /// Runs one seed; on failure prints how to replay it and passes the panic on.
 fn run_reporting_seed(seed: u64) {
-    let strict = std::env::var("KAHU_SIM_STRICT").is_ok();
+    // Strict unless KAHU_SIM_STRICT=0: both known bugs are fixed.
+    let strict = std::env::var("KAHU_SIM_STRICT").map_or(true, |value| value != "0");
     match std::panic::catch_unwind(|| run(seed, strict)) {
         Ok(summary) => {
             if std::env::var("KAHU_SIM_STATS").is_ok() {
@@ -140,9 +142,8 @@ fn a_seed_replays_the_same_run() {
     }
 }
 
-/// `cargo test -p kahu-server --lib known_failing -- --ignored`
+/// The seeds that found the two bugs (both fixed), kept as regressions.
 #[test]
-#[ignore = "known server bugs, see KNOWN_FAILING"]
 fn known_failing_seeds_pass_once_their_bugs_are_fixed() {
     let failed: Vec<u64> = KNOWN_FAILING
         .iter()
