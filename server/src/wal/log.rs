@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::record::{encode_entry, Entry, HardState, Record, RECORD_BYTES_MAX};
-use super::recovery::{cut_tail, recover, segment_name, Replay, SPARE_NAME};
+use super::recovery::{recover, segment_name, zero_range, Replay, SPARE_NAME};
 use super::snapshot::Snapshot;
 use super::storage::{SegmentFile, Storage};
 use super::WalError;
@@ -73,6 +73,9 @@ pub struct Wal {
     hard_state: Option<HardState>,
     /// The index of the newest snapshot on disk (0 for none).
     snapshot_index: u64,
+    /// A truncation's zeroing (segment, offset, length) not known to be synced: a retry
+    /// writes it again, whatever the page cache now shows.
+    unsynced_cut: Option<(PathBuf, u64, u64)>,
 }
 
 impl Wal {
@@ -113,6 +116,7 @@ impl Wal {
             spare: None,
             hard_state: recovered.hard_state,
             snapshot_index: recovered.snapshot_index,
+            unsynced_cut: None,
         };
         wal.prepare_spare();
         Ok(wal)
@@ -273,12 +277,29 @@ impl Wal {
             path: path.clone(),
             source,
         })?;
-        let offset = entry_offset(&contents, index).ok_or_else(|| WalError::Corruption {
-            path: path.clone(),
-            offset: 0,
-            detail: format!("entry {index} is not in the segment that should hold it"),
-        })?;
-        cut_tail(self.storage.as_ref(), &path, offset, &contents)?;
+        let first_index = segment.first_index;
+        let offset =
+            entry_offset(&contents, first_index, index).ok_or_else(|| WalError::Corruption {
+                path: path.clone(),
+                offset: 0,
+                detail: format!("entry {index} is not in the segment that should hold it"),
+            })?;
+        let length = match &self.unsynced_cut {
+            Some((cut_path, cut_offset, cut_length))
+                if *cut_path == path && *cut_offset == offset =>
+            {
+                *cut_length
+            }
+            _ => contents[offset as usize..]
+                .iter()
+                .rposition(|&byte| byte != 0)
+                .map_or(0, |last| last as u64 + 1),
+        };
+        if length > 0 {
+            self.unsynced_cut = Some((path.clone(), offset, length));
+            zero_range(self.storage.as_ref(), &path, offset, length)?;
+            self.unsynced_cut = None;
+        }
         let dropped = self.tail_end.saturating_sub(offset);
         self.bytes_since_snapshot = self.bytes_since_snapshot.saturating_sub(dropped);
         self.tail_end = offset;
@@ -518,12 +539,12 @@ impl Wal {
     }
 }
 
-/// Where the entry `index` starts in a segment's bytes; or, if the records end just
-/// before it (a truncation at `index` that was cut but not synced, being retried), where
-/// they end.
-fn entry_offset(contents: &[u8], index: u64) -> Option<u64> {
+/// Where the entry `index` starts in the bytes of a segment whose first entry is
+/// `first_index`; or, if the records end just before it (a truncation at `index` that was
+/// cut but not synced, being retried), where they end.
+fn entry_offset(contents: &[u8], first_index: u64, index: u64) -> Option<u64> {
     let mut offset = 0usize;
-    let mut last_index = None;
+    let mut last_index = first_index.checked_sub(1);
     loop {
         match Record::decode(&contents[offset..]) {
             Ok((Record::Entry(entry), _)) if entry.index == index => return Some(offset as u64),

@@ -232,7 +232,17 @@ pub(super) fn cut_tail(
         return Ok(());
     };
     tracing::warn!(path = %path.display(), offset, "log ends in a torn or damaged record; cutting it there");
-    let zeros = vec![0u8; last_nonzero + 1];
+    zero_range(storage, path, offset, last_nonzero as u64 + 1)
+}
+
+/// Writes `length` zero bytes at `offset` and syncs them.
+pub(super) fn zero_range(
+    storage: &dyn Storage,
+    path: &Path,
+    offset: u64,
+    length: u64,
+) -> Result<(), WalError> {
+    let zeros = vec![0u8; length as usize];
     let file = storage.open_segment(path).map_err(io_error("open", path))?;
     file.write_at(offset, &zeros)
         .map_err(io_error("write", path))?;

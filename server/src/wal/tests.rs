@@ -583,3 +583,27 @@ fn an_installed_snapshot_replaces_the_whole_log() {
     assert_eq!(wal.snapshot_index(), 500);
     assert_eq!(wal.load_snapshot().unwrap().unwrap().last_index, 500);
 }
+
+#[test]
+fn a_truncation_whose_sync_failed_is_retried() {
+    // From an entry in the middle of the segment, and from its first entry.
+    for first_replaced in [4, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FaultyStorage::default();
+        let (mut wal, _) = open_with(dir.path(), Arc::new(storage.clone())).unwrap();
+        write(&mut wal, 6, 6);
+        // Phase 1: the zeroing is written but its sync fails; so does a retry, which writes
+        // the zeros again (the page cache already shows them, the disk may not).
+        storage.fail(FaultPoint::Sync, 0, IO_ERROR);
+        assert!(wal.truncate_from(first_replaced).is_err());
+        assert!(wal.truncate_from(first_replaced).is_err());
+        // Phase 2: the disk recovers; the retry finds the records ending where it cut.
+        storage.heal();
+        replacing(&mut wal, first_replaced, 2);
+        drop(wal);
+        let (_, replayed) = open(dir.path());
+        let expected: Vec<u64> = (1..first_replaced + 2).collect();
+        assert_eq!(indexes(&replayed), expected, "from {first_replaced}");
+        assert_eq!(replayed.entries.last().unwrap().term, 2);
+    }
+}
