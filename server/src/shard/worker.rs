@@ -52,19 +52,14 @@ const FAILURE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 pub(super) struct ShardWorker {
     receiver: Receiver<ShardMessage>,
-    replica: Replica,
-    /// Requests that arrived while this node leads but does not serve yet.
-    held: Vec<ShardMessage>,
-    stopping: bool,
+    turns: Turns,
 }
 
 impl ShardWorker {
     pub(super) fn new(receiver: Receiver<ShardMessage>, replica: Replica) -> ShardWorker {
         ShardWorker {
             receiver,
-            replica,
-            held: Vec::new(),
-            stopping: false,
+            turns: Turns::new(replica),
         }
     }
 
@@ -73,7 +68,7 @@ impl ShardWorker {
         let mut batch = Vec::with_capacity(BATCH_MAX);
         let mut output: Output<ReplyTo> = Output::default();
         loop {
-            let deadline = self.replica.next_deadline();
+            let deadline = self.turns.replica.next_deadline();
             match self.receiver.recv_deadline(deadline) {
                 Ok(message) => batch.push(message),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -85,24 +80,49 @@ impl ShardWorker {
                     Err(_) => break,
                 }
             }
-            self.turn(&mut batch, &mut output);
+            if self
+                .turns
+                .turn(Instant::now(), &mut batch, &mut output)
+                .is_some()
+            {
+                // The log cannot be written, or no token can be granted (timers stay due):
+                // pause instead of spinning.
+                std::thread::sleep(FAILURE_RETRY_PAUSE);
+            }
         }
-        let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
-        self.replica.fail_waiters(&error, &mut output);
-        self.fail_held(&error, &mut output);
-        self.replica.finish_turn(Instant::now(), &mut output);
-        let unknown = ProtocolError::new(
-            ErrorCode::ShuttingDown,
-            "the server stopped before it could confirm the answer; the request may or may not have taken effect",
-        );
-        self.replica.fail_unconfirmed(&unknown);
+        self.turns.stop(&mut output);
+    }
+}
+
+/// What a worker does with each batch, at a `now` it is given: the server's worker passes
+/// the clock, the cluster simulation its simulated time.
+pub(super) struct Turns {
+    pub replica: Replica,
+    /// Requests that arrived while this node leads but does not serve yet.
+    held: Vec<ShardMessage>,
+    stopping: bool,
+}
+
+impl Turns {
+    pub(super) fn new(replica: Replica) -> Turns {
+        Turns {
+            replica,
+            held: Vec::new(),
+            stopping: false,
+        }
     }
 
-    fn turn(&mut self, batch: &mut Vec<ShardMessage>, output: &mut Output<ReplyTo>) {
-        let now = Instant::now();
+    /// One turn on `batch` (drained). Returns why the worker should pause before the next
+    /// one, if it should: its log cannot be written, or it cannot grant.
+    pub(super) fn turn(
+        &mut self,
+        now: Instant,
+        batch: &mut Vec<ShardMessage>,
+        output: &mut Output<ReplyTo>,
+    ) -> Option<ProtocolError> {
         if let Err(error) = self.replica.retry_storage(now, output) {
-            self.refuse(batch, output, &error);
-            return;
+            self.refuse(batch, output, &error, now);
+            return Some(error);
         }
         self.replica.tick_if_due(now);
         let was_serving = self.replica.is_serving();
@@ -136,20 +156,30 @@ impl ShardWorker {
         }
         self.replica.finish_turn(now, output);
         if !was_serving && self.replica.is_serving() && !self.held.is_empty() {
-            // Became a serving leader in this turn: the held requests go next turn first.
+            // Became a serving leader in this turn: the held requests go next, first.
             let mut held = std::mem::take(&mut self.held);
-            held.append(batch);
-            *batch = held;
-            self.turn(batch, output);
+            return self.turn(now, &mut held, output);
         } else if !self.replica.is_catching_up() && !self.held.is_empty() {
             let error = self.replica.not_serving();
             self.fail_held(&error, output);
             self.replica.finish_turn(now, output);
         }
-        if self.replica.is_stalled() {
-            // Timers stay due while no token can be granted: pause instead of spinning.
-            std::thread::sleep(FAILURE_RETRY_PAUSE);
-        }
+        self.replica
+            .is_stalled()
+            .then(|| self.replica.not_serving())
+    }
+
+    /// The queue closed: answers everything still waiting.
+    fn stop(&mut self, output: &mut Output<ReplyTo>) {
+        let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
+        self.replica.fail_waiters(&error, output);
+        self.fail_held(&error, output);
+        self.replica.finish_turn(Instant::now(), output);
+        let unknown = ProtocolError::new(
+            ErrorCode::ShuttingDown,
+            "the server stopped before it could confirm the answer; the request may or may not have taken effect",
+        );
+        self.replica.fail_unconfirmed(&unknown);
     }
 
     fn apply(&mut self, message: ShardMessage, now: Instant, output: &mut Output<ReplyTo>) {
@@ -210,8 +240,8 @@ impl ShardWorker {
         batch: &mut Vec<ShardMessage>,
         output: &mut Output<ReplyTo>,
         error: &ProtocolError,
+        now: Instant,
     ) {
-        let now = Instant::now();
         for message in batch.drain(..) {
             match message {
                 ShardMessage::Request { reply, .. } => {
@@ -225,7 +255,6 @@ impl ShardWorker {
         }
         self.fail_held(error, output);
         self.replica.refuse_pending(error, output);
-        std::thread::sleep(FAILURE_RETRY_PAUSE);
     }
 }
 

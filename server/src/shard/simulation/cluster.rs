@@ -294,7 +294,7 @@ impl Simulation {
 
     /// When a worker next has something to do.
     fn wake_at(&self, worker: &SimWorker) -> u64 {
-        let deadline = self.offset(worker.replica.next_deadline());
+        let deadline = self.offset(worker.turns.replica.next_deadline());
         let wake = worker.turn_at.map_or(deadline, |at| at.min(deadline));
         wake.max(worker.paused_until)
     }
@@ -367,7 +367,7 @@ impl Simulation {
     pub fn after_turn(&mut self, node: usize, shard: usize) {
         let id = node as NodeId + 1;
         if let Some(worker) = self.nodes[node].worker(shard) {
-            let raft = worker.replica.raft();
+            let raft = worker.turns.replica.raft();
             let new_leader = raft.is_leader() && !self.raft.knows_leader(shard, raft.term());
             self.raft.observe(shard, id, raft);
             if new_leader {
@@ -387,7 +387,7 @@ impl Simulation {
             let logs: Vec<_> = self
                 .nodes
                 .iter()
-                .filter_map(|node| Some((node.id, node.worker(shard)?.replica.raft())))
+                .filter_map(|node| Some((node.id, node.worker(shard)?.turns.replica.raft())))
                 .collect();
             self.raft.check_log_matching(shard, &logs);
         }
@@ -471,7 +471,7 @@ impl Simulation {
             let shard = self.shard_of_key(self.history.attempts[attempt as usize].key);
             let term = self.nodes[node]
                 .worker(shard)
-                .map_or(0, |worker| worker.replica.raft().term());
+                .map_or(0, |worker| worker.turns.replica.raft().term());
             let record = &mut self.history.attempts[attempt as usize];
             record.answer_sent = true;
             record.answer_term = term;

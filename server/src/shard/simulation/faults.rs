@@ -82,7 +82,7 @@ impl Simulation {
         (0..self.nodes.len()).find(|&node| {
             self.nodes[node]
                 .worker(shard)
-                .is_some_and(|worker| worker.replica.raft().is_leader())
+                .is_some_and(|worker| worker.turns.replica.raft().is_leader())
         })
     }
 

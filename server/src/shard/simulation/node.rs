@@ -12,14 +12,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kahu_protocol::{ProtocolError, Request};
+use kahu_protocol::ProtocolError;
 
 use super::disk::SimDisk;
 use super::network::SimOutbox;
 use crate::raft::{HardState, Membership, NodeId};
 use crate::shard::replica::{LogContents, RaftTiming, Replica, ReplicaParts};
-use crate::shard::table::{LockTable, Output};
-use crate::shard::worker::{HELD_REQUESTS_MAX, TIMERS_PER_TURN_MAX};
+use crate::shard::table::Output;
+use crate::shard::worker::Turns;
 use crate::shard::{ReplyTo, ShardMessage, ShardStats};
 use crate::wal::storage::Storage;
 use crate::wal::{raft_state, Wal, WalOptions};
@@ -145,11 +145,10 @@ impl SimNode {
     }
 }
 
-/// One shard's worker: the replica and what the worker keeps between turns.
+/// One shard's worker: the server's own turn logic ([`Turns`]) and what the simulation
+/// keeps around it.
 pub(super) struct SimWorker {
-    pub replica: Replica,
-    /// Requests that arrived while this node leads but does not serve yet.
-    held: Vec<ShardMessage>,
+    pub turns: Turns,
     output: Output<ReplyTo>,
     /// Messages queued for the worker, oldest first.
     pub inbox: Vec<ShardMessage>,
@@ -166,8 +165,7 @@ pub(super) struct SimWorker {
 impl SimWorker {
     fn new(replica: Replica) -> SimWorker {
         SimWorker {
-            replica,
-            held: Vec::new(),
+            turns: Turns::new(replica),
             output: Output::default(),
             inbox: Vec::new(),
             turn_at: None,
@@ -177,128 +175,10 @@ impl SimWorker {
         }
     }
 
-    /// One turn of the worker loop on `batch` at `now` (`ShardWorker::turn`). Returns why
-    /// the worker would pause after it, if it would: its log cannot be written, or it
-    /// cannot grant.
-    pub fn turn(&mut self, now: Instant, batch: Vec<ShardMessage>) -> Option<ProtocolError> {
-        let mut output = std::mem::take(&mut self.output);
-        let pause = self.turn_with(now, batch, &mut output);
-        self.output = output;
-        pause
-    }
-
-    fn turn_with(
-        &mut self,
-        now: Instant,
-        mut batch: Vec<ShardMessage>,
-        output: &mut Output<ReplyTo>,
-    ) -> Option<ProtocolError> {
-        if let Err(error) = self.replica.retry_storage(now, output) {
-            self.refuse(batch, output, &error, now);
-            return Some(error);
-        }
-        self.replica.tick_if_due(now);
-        let was_serving = self.replica.is_serving();
-        if was_serving {
-            self.replica.fire_timers(now, TIMERS_PER_TURN_MAX, output);
-        }
-        for message in batch.drain(..) {
-            match message {
-                ShardMessage::Request { .. } if self.replica.is_serving() => {
-                    self.apply(message, now, output)
-                }
-                ShardMessage::Request { .. }
-                    if self.replica.is_catching_up() && self.held.len() < HELD_REQUESTS_MAX =>
-                {
-                    self.held.push(message)
-                }
-                ShardMessage::Request { reply, .. } => {
-                    self.replica.counters().requests_total += 1;
-                    output
-                        .replies
-                        .push((reply, self.replica.not_serving().into()));
-                }
-                message => self.control(message, now, output),
-            }
-        }
-        self.replica.finish_turn(now, output);
-        if !was_serving && self.replica.is_serving() && !self.held.is_empty() {
-            // Became a serving leader in this turn: the held requests go next, first.
-            let held = std::mem::take(&mut self.held);
-            return self.turn_with(now, held, output);
-        } else if !self.replica.is_catching_up() && !self.held.is_empty() {
-            let error = self.replica.not_serving();
-            self.fail_held(&error, output);
-            self.replica.finish_turn(now, output);
-        }
-        self.replica
-            .is_stalled()
-            .then(|| self.replica.not_serving())
-    }
-
-    fn apply(&mut self, message: ShardMessage, now: Instant, output: &mut Output<ReplyTo>) {
-        let ShardMessage::Request {
-            hash,
-            request,
-            reply,
-        } = message
-        else {
-            unreachable!("only requests are applied");
-        };
-        self.replica.counters().requests_total += 1;
-        let table: &mut LockTable<ReplyTo> = self.replica.table();
-        match &request {
-            Request::Lock(lock) => table.lock(now, hash, lock, reply, output),
-            Request::Unlock(unlock) => table.unlock(now, hash, unlock, reply, output),
-            Request::Extend(extend) => table.extend(now, hash, extend, reply, output),
-            Request::Get(get) => table.get(now, hash, &get.key, reply, output),
-            Request::Hello(_) | Request::Ping | Request::Info => {
-                unreachable!("the simulated clients send keyed requests only")
-            }
-        }
-    }
-
-    /// Peer traffic and connection closes (the simulation never shuts a node down: it
-    /// crashes it).
-    fn control(&mut self, message: ShardMessage, now: Instant, output: &mut Output<ReplyTo>) {
-        match message {
-            ShardMessage::ConnectionClosed(connection_id) => {
-                self.replica.cancel_connection(connection_id, now, output);
-            }
-            ShardMessage::Peer(message) => self.replica.step(message),
-            ShardMessage::PeerUnreachable(node) => self.replica.peer_unreachable(node),
-            ShardMessage::Shutdown => unreachable!("the simulation crashes nodes instead"),
-            ShardMessage::Request { .. } => unreachable!("requests are applied, not controlled"),
-        }
-    }
-
-    fn fail_held(&mut self, error: &ProtocolError, output: &mut Output<ReplyTo>) {
-        for message in self.held.drain(..) {
-            if let ShardMessage::Request { reply, .. } = message {
-                output.replies.push((reply, error.clone().into()));
-            }
-        }
-    }
-
-    /// While the log cannot be written: every request is refused, peer traffic dropped.
-    fn refuse(
-        &mut self,
-        batch: Vec<ShardMessage>,
-        output: &mut Output<ReplyTo>,
-        error: &ProtocolError,
-        now: Instant,
-    ) {
-        for message in batch {
-            match message {
-                ShardMessage::Request { reply, .. } => {
-                    self.replica.counters().requests_total += 1;
-                    output.replies.push((reply, error.clone().into()));
-                }
-                ShardMessage::Peer(_) | ShardMessage::PeerUnreachable(_) => {}
-                message => self.control(message, now, output),
-            }
-        }
-        self.fail_held(error, output);
-        self.replica.refuse_pending(error, output);
+    /// One turn of the worker loop on `batch` at `now` (the server's [`Turns::turn`]).
+    /// Returns why the worker would pause after it, if it would: its log cannot be
+    /// written, or it cannot grant.
+    pub fn turn(&mut self, now: Instant, mut batch: Vec<ShardMessage>) -> Option<ProtocolError> {
+        self.turns.turn(now, &mut batch, &mut self.output)
     }
 }

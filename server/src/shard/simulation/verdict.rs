@@ -95,12 +95,13 @@ impl Simulation {
             let last = self.nodes[leader]
                 .worker(shard)
                 .expect("the leader is up")
+                .turns
                 .replica
                 .raft()
                 .last_index();
             self.nodes.iter().all(|node| {
                 node.worker(shard).is_some_and(|worker| {
-                    let raft = worker.replica.raft();
+                    let raft = worker.turns.replica.raft();
                     raft.last_index() == last
                         && raft.commit_index() == last
                         && raft.applied_index() == last
@@ -212,6 +213,7 @@ impl Simulation {
             let held = |node: &mut super::node::SimNode, ttl_ms_min: u64| {
                 let worker = node.worker_mut(shard).expect("up");
                 worker
+                    .turns
                     .replica
                     .table()
                     .persistent_locks(at)
@@ -248,7 +250,7 @@ impl Simulation {
         let Some(worker) = self.nodes[node].worker(shard) else {
             return "down".into();
         };
-        let raft = worker.replica.raft();
+        let raft = worker.turns.replica.raft();
         let mut text = format!(
             "term {} last {} commit {} applied {}",
             raft.term(),
@@ -323,7 +325,7 @@ impl Simulation {
     pub fn serving_leader(&self, shard: usize) -> Option<usize> {
         let mut serving = self.nodes.iter().enumerate().filter(|(_, node)| {
             node.worker(shard)
-                .is_some_and(|worker| worker.replica.is_serving())
+                .is_some_and(|worker| worker.turns.replica.is_serving())
         });
         let (leader, _) = serving.next()?;
         serving.next().is_none().then_some(leader)
@@ -339,7 +341,7 @@ impl Simulation {
                 .map(|node| match node.worker(shard) {
                     None => format!("{}: down", node.id),
                     Some(worker) => {
-                        let raft = worker.replica.raft();
+                        let raft = worker.turns.replica.raft();
                         format!(
                             "{}: {:?} term {} last {} commit {} applied {}{}",
                             node.id,
@@ -348,7 +350,7 @@ impl Simulation {
                             raft.last_index(),
                             raft.commit_index(),
                             raft.applied_index(),
-                            if worker.replica.is_serving() {
+                            if worker.turns.replica.is_serving() {
                                 " serving"
                             } else {
                                 ""
