@@ -251,24 +251,7 @@ impl Wal {
             self.snapshot_index,
             self.next_index
         );
-        while let Some(segment) = self
-            .segments
-            .last()
-            .filter(|segment| segment.first_index > index)
-        {
-            // The file goes first: if that fails, the segment is still known and a retry
-            // deletes it.
-            if segment.created {
-                self.storage
-                    .remove(&segment.path)
-                    .map_err(|source| WalError::Io {
-                        operation: "remove",
-                        path: segment.path.clone(),
-                        source,
-                    })?;
-            }
-            self.segments.pop();
-        }
+        self.remove_segments_after(index)?;
         let segment = self.segments.last_mut().expect("a segment holds the entry");
         segment.file = None;
         let path = segment.path.clone();
@@ -305,6 +288,28 @@ impl Wal {
         self.tail_end = offset;
         self.next_index = index;
         self.durable_index = index - 1;
+        Ok(())
+    }
+
+    /// Deletes every segment whose first entry is after `index`, newest first. Each file
+    /// goes before the segment is forgotten: if a removal fails, a retry deletes it.
+    fn remove_segments_after(&mut self, index: u64) -> Result<(), WalError> {
+        while let Some(segment) = self
+            .segments
+            .last()
+            .filter(|segment| segment.first_index > index)
+        {
+            if segment.created {
+                self.storage
+                    .remove(&segment.path)
+                    .map_err(|source| WalError::Io {
+                        operation: "remove",
+                        path: segment.path.clone(),
+                        source,
+                    })?;
+            }
+            self.segments.pop();
+        }
         Ok(())
     }
 
@@ -510,17 +515,7 @@ impl Wal {
                 path,
                 source,
             })?;
-        while let Some(segment) = self.segments.pop() {
-            if segment.created {
-                self.storage
-                    .remove(&segment.path)
-                    .map_err(|source| WalError::Io {
-                        operation: "remove",
-                        path: segment.path.clone(),
-                        source,
-                    })?;
-            }
-        }
+        self.remove_segments_after(0)?;
         if let Ok(names) = self.storage.list(&self.dir) {
             for name in names {
                 if Snapshot::parse_file_name(&name).is_some_and(|index| index < snapshot.last_index)
