@@ -15,18 +15,7 @@ DURATION="${DURATION:-3}"
 WARMUP="${WARMUP:-0.5}"
 KILLS="${KILLS:-10}"
 
-cargo build --release --quiet --bin kahu-server --bin kahu-bench
-bench=target/release/kahu-bench
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
+source bench/lib.sh
 
 peers=""; clients=""
 for id in 1 2 3; do

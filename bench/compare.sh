@@ -13,17 +13,7 @@ cd "$(dirname "$0")/.."
 DURATION="${DURATION:-3}"
 WARMUP="${WARMUP:-0.5}"
 
-cargo build --release --quiet --bin kahu-server --bin kahu-bench
-bench=target/release/kahu-bench
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/lib.sh
 
 target/release/kahu-server --listen 127.0.0.1:0 --data-dir "$work/kahu" --log-level warn >"$work/kahu.out" 2>&1 &
 pids+=($!)
@@ -31,8 +21,6 @@ for _ in $(seq 100); do grep -q "listening on" "$work/kahu.out" 2>/dev/null && b
 kahu=$(sed -n 's/^kahu-server listening on //p' "$work/kahu.out")
 [ -n "$kahu" ] || { echo "kahu-server did not start:"; cat "$work/kahu.out"; exit 1; }
 
-# field NAME from kahu-bench's JSON on stdin
-field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 run() { "$bench" -c "$kahu" --duration "$DURATION" --warmup "$WARMUP" --json "$@"; }
 
 echo "measuring (each run ${DURATION}s)..." >&2
