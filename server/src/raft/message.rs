@@ -4,7 +4,7 @@
 //! Consensus Algorithm", and Ongaro's dissertation): `term`, `index`, `commit`. A node id
 //! is a non-zero `u64`; 0 never names a node (the hard state stores "no vote" as 0).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 use bytes::Bytes;
@@ -47,7 +47,14 @@ impl<C: Payload> Entry<C> {
             + match &self.kind {
                 EntryKind::Noop => 0,
                 EntryKind::Command(command) => command.size_bytes(),
-                EntryKind::Membership(membership) => 8 * membership.voters.len(),
+                EntryKind::Membership(membership) => {
+                    8 * membership.voters.len()
+                        + membership
+                            .addresses
+                            .values()
+                            .map(|address| 10 + address.len())
+                            .sum::<usize>()
+                }
             }
     }
 }
@@ -56,13 +63,21 @@ impl<C: Payload> Entry<C> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Membership {
     pub voters: BTreeSet<NodeId>,
+    /// Where voters added by a membership change are reached, in the embedder's own
+    /// notation (kahu: `PEER_ADDR/CLIENT_ADDR`). The core carries it from the change to
+    /// the entry, the snapshot and the next membership, and never reads it. A voter
+    /// without an address here is a founder, reached through the embedder's configuration.
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
 impl Membership {
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Membership {
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
         assert!(!voters.contains(&0), "node id 0 is reserved");
-        Membership { voters }
+        Membership {
+            voters,
+            addresses: BTreeMap::new(),
+        }
     }
 
     pub fn contains(&self, id: NodeId) -> bool {

@@ -288,7 +288,10 @@ pub(crate) fn decode_membership(src: &mut &[u8]) -> Result<Membership, EntryDeco
         previous = voter;
     }
     *src = cursor.0;
-    Ok(Membership { voters })
+    Ok(Membership {
+        voters,
+        addresses: Default::default(),
+    })
 }
 
 /// Appends the encoding of `command` (`kind u8 | fields`, above) to `dst`.
@@ -423,8 +426,12 @@ mod tests {
         prop_oneof![
             command_strategy().prop_map(EntryKind::Command),
             Just(EntryKind::Noop),
-            proptest::collection::btree_set(1..u64::MAX, 1..8)
-                .prop_map(|voters| EntryKind::Membership(Membership { voters })),
+            proptest::collection::btree_set(1..u64::MAX, 1..8).prop_map(|voters| {
+                EntryKind::Membership(Membership {
+                    voters,
+                    addresses: Default::default(),
+                })
+            }),
         ]
     }
 
