@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 
 use futures::{FutureExt, SinkExt, StreamExt};
 use kahu_protocol::{
-    Acquired, Extended, Incoming, NotHeld, Released, Request, Response, ServerCodec,
+    Acquired, ErrorCode, Extended, Incoming, NotHeld, ProtocolError, Released, Request, Response,
+    ServerCodec,
 };
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
@@ -77,5 +78,9 @@ fn answer(request: &Request) -> Response {
         }),
         Request::Get(_) => Response::NotHeld(NotHeld { last_token: 1 }),
         Request::Ping | Request::Hello(_) | Request::Info => Response::Pong,
+        // Never in the measured load; answered as a server without membership changes would.
+        Request::Members(_) => {
+            ProtocolError::new(ErrorCode::Unsupported, "the echo server has no members").into()
+        }
     }
 }

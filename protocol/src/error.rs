@@ -89,10 +89,12 @@ error_codes! {
     UnknownCommand = 12, Client, "UNKNOWN_COMMAND";
     Unsupported = 13, Client, "UNSUPPORTED";
     LineTooLong = 14, Client, "LINE_TOO_LONG";
+    BadMembership = 15, Client, "BAD_MEMBERSHIP";
     TooManyWaiters = 100, Retryable, "TOO_MANY_WAITERS";
     TooManyConnections = 101, Retryable, "TOO_MANY_CONNECTIONS";
     ShuttingDown = 102, Retryable, "SHUTTING_DOWN";
     StorageUnavailable = 103, Retryable, "STORAGE_UNAVAILABLE";
+    MembershipChangePending = 104, Retryable, "MEMBERSHIP_CHANGE_PENDING";
     Internal = 200, Server, "INTERNAL";
     StorageFailed = 201, Server, "STORAGE_FAILED";
     NotLeader = 300, NotLeader, "NOT_LEADER";

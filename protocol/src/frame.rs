@@ -67,6 +67,7 @@ opcodes! {
     Extend = 0x05, "EXTEND";
     Get = 0x06, "GET";
     Info = 0x07, "INFO";
+    Members = 0x08, "MEMBERS";
     HelloOk = 0x81, "HELLO_OK";
     Pong = 0x82, "PONG";
     Acquired = 0x83, "ACQUIRED";
@@ -77,6 +78,7 @@ opcodes! {
     NotHeld = 0x88, "NOT_HELD";
     NotOwner = 0x89, "NOT_OWNER";
     InfoReply = 0x8A, "INFO_REPLY";
+    MembersReply = 0x8B, "MEMBERS_REPLY";
     Error = 0xFF, "ERROR";
 }
 
@@ -178,6 +180,7 @@ mod tests {
                     | Opcode::Extend
                     | Opcode::Get
                     | Opcode::Info
+                    | Opcode::Members
             );
             assert_eq!(opcode.is_request(), request, "{}", opcode.name());
         }

@@ -18,6 +18,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod limits;
+pub mod members;
 pub mod request;
 pub mod response;
 pub mod routing;
@@ -27,6 +28,7 @@ mod wire;
 pub use codec::{ClientCodec, Incoming, ServerCodec};
 pub use error::{ErrorClass, ErrorCode, FrameError, ProtocolError};
 pub use frame::{FrameHeader, Opcode, MAGIC, VERSION};
+pub use members::{MemberChange, Members, MembersReply};
 pub use request::{Durability, Extend, Get, Hello, Lock, Request, Unlock};
 pub use response::{
     Acquired, Busy, ErrorReply, Extended, HelloOk, InfoReply, LockInfo, NotHeld, Released, Response,

@@ -30,3 +30,11 @@ pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 
 /// Longest line in the text mode, terminator included.
 pub const TEXT_LINE_BYTES_MAX: usize = 2048;
+
+/// Longest node address in MEMBERS (`PEER_ADDR/CLIENT_ADDR`). A numeric IPv6 peer address
+/// and a long host name fit; anything longer is a mistake.
+pub const NODE_ADDRESS_BYTES_MAX: usize = 255;
+
+/// Most voters in one shard's Raft group, as in the server's write-ahead log: the count in a
+/// MEMBERS_REPLY.
+pub const VOTERS_MAX: usize = 255;

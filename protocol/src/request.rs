@@ -12,6 +12,7 @@
 //! | EXTEND 0x05 | `ttl_ms u64, key bytes16, owner bytes16, token u64` (token 0: any) |
 //! | GET 0x06 | `key bytes16` |
 //! | INFO 0x07 | empty |
+//! | MEMBERS 0x08 | `shard u16, action u8, node u64`, then for add only `address str16` (see [`crate::members`]) |
 //!
 //! The trailing `token` of UNLOCK and EXTEND may be absent (read as 0), so a frame without
 //! it is still valid.
@@ -23,6 +24,7 @@ use crate::frame::{finish_frame, start_frame, FrameHeader, Opcode, FLAG_LOCK_IF_
 use crate::limits::{
     CLIENT_NAME_BYTES_MAX, KEY_BYTES_MAX, OWNER_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN, WAIT_MS_MAX,
 };
+use crate::members::Members;
 use crate::wire::{put_bytes16, BodyReader};
 
 /// Where a lock lives. `Persistent` locks (the default) are written to the log and synced
@@ -116,6 +118,8 @@ pub enum Request {
     Extend(Extend),
     Get(Get),
     Info,
+    /// A change of one voter of one shard's Raft group; see [`crate::members`].
+    Members(Members),
 }
 
 impl Request {
@@ -128,6 +132,7 @@ impl Request {
             Request::Extend(_) => Opcode::Extend,
             Request::Get(_) => Opcode::Get,
             Request::Info => Opcode::Info,
+            Request::Members(_) => Opcode::Members,
         }
     }
 
@@ -138,7 +143,17 @@ impl Request {
             Request::Unlock(unlock) => Some(&unlock.key),
             Request::Extend(extend) => Some(&extend.key),
             Request::Get(get) => Some(&get.key),
-            Request::Hello(_) | Request::Ping | Request::Info => None,
+            Request::Hello(_) | Request::Ping | Request::Info | Request::Members(_) => None,
+        }
+    }
+
+    /// The shard a request names itself (MEMBERS), for routing to that shard's leader.
+    /// Keyed requests name none: their shard is their key's
+    /// ([`crate::routing::shard_of`]).
+    pub fn shard(&self) -> Option<u16> {
+        match self {
+            Request::Members(members) => Some(members.shard),
+            _ => None,
         }
     }
 
@@ -171,6 +186,7 @@ impl Request {
                 validate_token(extend.token)
             }
             Request::Get(get) => validate_key(&get.key),
+            Request::Members(members) => members.validate(),
         }
     }
 
@@ -209,6 +225,7 @@ impl Request {
                 dst.put_u64_le(extend.token.unwrap_or(0));
             }
             Request::Get(get) => put_bytes16(dst, &get.key),
+            Request::Members(members) => members.encode_body(dst),
         }
         finish_frame(dst, start);
     }
@@ -259,6 +276,7 @@ impl Request {
             Opcode::Get => Request::Get(Get {
                 key: body.bytes16("key")?,
             }),
+            Opcode::Members => Request::Members(Members::decode_body(&mut body)?),
             response => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownOpcode,

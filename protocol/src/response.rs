@@ -13,6 +13,7 @@
 //! | NOT_HELD 0x88 | `last_token u64` (0: unknown) |
 //! | NOT_OWNER 0x89 | `token u64, remaining_ms u64, owner bytes16` (the current holder) |
 //! | INFO_REPLY 0x8A | `count u16`, then `count` times `name str16, value u64` |
+//! | MEMBERS_REPLY 0x8B | `shard u16, count u16`, then `count` times `node u64` (see [`crate::members`]) |
 //! | ERROR 0xFF | `code u16, class u8, message str16` |
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -20,6 +21,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::error::{ErrorClass, ErrorCode, ProtocolError};
 use crate::frame::{finish_frame, start_frame, FrameHeader, Opcode, FLAG_ACQUIRED_REENTERED};
 use crate::limits::ERROR_MESSAGE_BYTES_MAX;
+use crate::members::MembersReply;
 use crate::request::Durability;
 use crate::wire::{put_bytes16, truncate_str, BodyReader};
 
@@ -134,6 +136,8 @@ pub enum Response {
     NotHeld(NotHeld),
     NotOwner(Busy),
     Info(InfoReply),
+    /// A shard's voters once a membership change is committed.
+    Members(MembersReply),
     Error(ErrorReply),
 }
 
@@ -156,6 +160,7 @@ impl Response {
             Response::NotHeld(_) => Opcode::NotHeld,
             Response::NotOwner(_) => Opcode::NotOwner,
             Response::Info(_) => Opcode::InfoReply,
+            Response::Members(_) => Opcode::MembersReply,
             Response::Error(_) => Opcode::Error,
         }
     }
@@ -210,6 +215,7 @@ impl Response {
                     dst.put_u64_le(*value);
                 }
             }
+            Response::Members(reply) => reply.encode_body(dst),
             Response::Error(error) => {
                 dst.put_u16_le(error.raw_code);
                 dst.put_u8(error.class as u8);
@@ -280,6 +286,7 @@ impl Response {
                 }
                 Response::Info(InfoReply { fields })
             }
+            Opcode::MembersReply => Response::Members(MembersReply::decode_body(&mut body)?),
             Opcode::Error => {
                 let raw_code = body.u16("code")?;
                 let class = body.u8("class")?;

@@ -6,6 +6,8 @@
 //! UNLOCK key [OWNER owner] [TOKEN token]
 //! EXTEND key ttl_ms [OWNER owner] [TOKEN token]
 //! GET key
+//! MEMBERS ADD shard node peer_addr/client_addr
+//! MEMBERS REMOVE shard node
 //! PING | INFO | HELP | QUIT
 //! ```
 //!
@@ -13,7 +15,8 @@
 //! (whitespace separates words, so they cannot contain spaces in this mode). Lines end in LF
 //! or CRLF. An owner defaults to one chosen per connection, so a session can LOCK and UNLOCK
 //! without naming it. Replies start with an upper-case word (`ACQUIRED`, `BUSY`, `ERR`, ...)
-//! followed by `name=value` pairs.
+//! followed by `name=value` pairs. MEMBERS (an operator's command, see [`crate::members`])
+//! answers `MEMBERS shard=<s> voters=<n>,<n>,...` once the change is committed.
 //!
 //! Parsing produces the same [`Request`] as a binary frame and applies the same limits.
 
@@ -22,6 +25,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 
 use crate::error::{ErrorCode, ProtocolError};
+use crate::members::{MemberChange, Members};
 use crate::request::{Durability, Extend, Get, Lock, Request, Unlock};
 use crate::response::Response;
 
@@ -37,8 +41,13 @@ pub enum TextCommand {
 
 /// The reply to HELP, one line.
 pub const HELP: &str = "COMMANDS LOCK key ttl_ms [OWNER o] [WAIT ms] [EPHEMERAL|PERSISTENT] | \
-UNLOCK key [OWNER o] [TOKEN t] | EXTEND key ttl_ms [OWNER o] [TOKEN t] | GET key | PING | INFO | \
-HELP | QUIT";
+UNLOCK key [OWNER o] [TOKEN t] | EXTEND key ttl_ms [OWNER o] [TOKEN t] | GET key | \
+MEMBERS ADD shard node peer_addr/client_addr | MEMBERS REMOVE shard node | PING | INFO | HELP | \
+QUIT";
+
+/// How MEMBERS is written, for its usage errors.
+const MEMBERS_USAGE: &str =
+    "MEMBERS ADD shard node peer_addr/client_addr | MEMBERS REMOVE shard node";
 
 /// Parses one line (without its terminator). `default_owner` is used when no OWNER is given.
 /// `default_durability` applies when neither EPHEMERAL nor PERSISTENT is given.
@@ -90,6 +99,7 @@ pub fn parse_line(
             Options::parse(rest, &[], false)?;
             Request::Get(Get { key })
         }
+        "MEMBERS" => Request::Members(parse_members(&words)?),
         "PING" | "INFO" | "HELP" | "QUIT" | "EXIT" => {
             if let Some(extra) = words.first() {
                 return Err(usage(format!("{upper} takes no arguments, got `{extra}`")));
@@ -114,6 +124,58 @@ pub fn parse_line(
 
 fn usage(message: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::Malformed, message)
+}
+
+/// `ADD shard node address` or `REMOVE shard node`, after the word MEMBERS. A missing or
+/// extra word is `MALFORMED`; a value that is not a shard, a node id or an address is
+/// `BAD_MEMBERSHIP`, as in the binary protocol (node 0 and the address are checked by
+/// [`Request::validate`]).
+fn parse_members(words: &[&str]) -> Result<Members, ProtocolError> {
+    let bad = |message: String| ProtocolError::new(ErrorCode::BadMembership, message);
+    let Some((action, rest)) = words.split_first() else {
+        return Err(usage(format!(
+            "MEMBERS needs ADD or REMOVE: {MEMBERS_USAGE}"
+        )));
+    };
+    let typed = action;
+    let action = typed.to_ascii_uppercase();
+    let (needed, form) = match action.as_str() {
+        "ADD" => (3, "shard, node and peer_addr/client_addr"),
+        "REMOVE" => (2, "shard and node"),
+        _ => {
+            return Err(bad(format!(
+                "unknown MEMBERS action `{typed}`; use ADD or REMOVE: {MEMBERS_USAGE}"
+            )))
+        }
+    };
+    if rest.len() < needed {
+        return Err(usage(format!(
+            "MEMBERS {action} needs {form}: {MEMBERS_USAGE}"
+        )));
+    }
+    if let Some(extra) = rest.get(needed) {
+        return Err(usage(format!("unexpected `{extra}`; try HELP")));
+    }
+    let shard = rest[0].parse::<u16>().map_err(|_| {
+        bad(format!(
+            "shard must be a shard number from 0 to 65535, got `{}`",
+            rest[0]
+        ))
+    })?;
+    let node = rest[1].parse::<u64>().map_err(|_| {
+        bad(format!(
+            "node must be a node id (a whole number of 1 or more), got `{}`",
+            rest[1]
+        ))
+    })?;
+    let change = match action.as_str() {
+        "ADD" => MemberChange::Add {
+            node,
+            address: rest[2].to_string(),
+        },
+        _ => MemberChange::Remove { node },
+    };
+    Ok(Members { shard, change })
 }
 
 fn key_only<'a>(
@@ -272,6 +334,15 @@ pub fn format_response(request: &Request, response: &Response) -> String {
                 hello.version, hello.server_name
             );
         }
+        Response::Members(reply) => {
+            let _ = write!(line, "MEMBERS shard={} voters=", reply.shard);
+            for (index, voter) in reply.voters.iter().enumerate() {
+                if index > 0 {
+                    line.push(',');
+                }
+                let _ = write!(line, "{voter}");
+            }
+        }
         Response::Error(error) => return format_error(error),
     }
     line
@@ -370,6 +441,88 @@ mod tests {
     }
 
     #[test]
+    fn members_add_and_remove_parse_in_any_case() {
+        assert_eq!(
+            request("MEMBERS ADD 1 4 127.0.0.1:7004/127.0.0.1:8004"),
+            Request::Members(Members {
+                shard: 1,
+                change: MemberChange::Add {
+                    node: 4,
+                    address: "127.0.0.1:7004/127.0.0.1:8004".into(),
+                },
+            })
+        );
+        assert_eq!(
+            request("members remove 0 3"),
+            Request::Members(Members {
+                shard: 0,
+                change: MemberChange::Remove { node: 3 },
+            })
+        );
+    }
+
+    #[test]
+    fn bad_members_lines_say_what_is_wrong() {
+        let cases = [
+            (
+                "MEMBERS",
+                ErrorCode::Malformed,
+                "MEMBERS needs ADD or REMOVE",
+            ),
+            (
+                "MEMBERS JOIN 0 4",
+                ErrorCode::BadMembership,
+                "unknown MEMBERS action `JOIN`",
+            ),
+            (
+                "MEMBERS ADD 0 4",
+                ErrorCode::Malformed,
+                "MEMBERS ADD needs shard, node and",
+            ),
+            (
+                "MEMBERS REMOVE 0",
+                ErrorCode::Malformed,
+                "MEMBERS REMOVE needs shard and node",
+            ),
+            (
+                "MEMBERS REMOVE 0 3 now",
+                ErrorCode::Malformed,
+                "unexpected `now`",
+            ),
+            (
+                "MEMBERS REMOVE x 3",
+                ErrorCode::BadMembership,
+                "shard must be a shard number",
+            ),
+            (
+                "MEMBERS REMOVE 70000 3",
+                ErrorCode::BadMembership,
+                "got `70000`",
+            ),
+            (
+                "MEMBERS REMOVE 0 -3",
+                ErrorCode::BadMembership,
+                "node must be a node id",
+            ),
+            (
+                "MEMBERS REMOVE 0 0",
+                ErrorCode::BadMembership,
+                "node id 0 is reserved",
+            ),
+            (
+                "MEMBERS ADD 0 4 127.0.0.1:7004",
+                ErrorCode::BadMembership,
+                "has no `/`",
+            ),
+        ];
+        for (line, code, message) in cases {
+            let error = parse(line).expect_err(line);
+            assert_eq!(error.code, code, "{line}: {}", error.message);
+            assert!(error.message.contains(message), "{line}: {}", error.message);
+        }
+    }
+
+    #[test]
     fn bad_lines_get_a_code_that_names_the_problem() {
         assert_eq!(error_code("FROB x"), ErrorCode::UnknownCommand);
         assert_eq!(error_code("LOCK"), ErrorCode::KeyEmpty);
@@ -431,6 +584,28 @@ mod tests {
         assert_eq!(
             format_response(&lock, &typed),
             "ERR UNKNOWN_COMMAND unknown `a?b?c`"
+        );
+    }
+
+    #[test]
+    fn a_members_reply_lists_the_voters() {
+        let remove = request("MEMBERS REMOVE 2 3");
+        let reply = Response::Members(crate::MembersReply {
+            shard: 2,
+            voters: vec![1, 2, 4],
+        });
+        assert_eq!(
+            format_response(&remove, &reply),
+            "MEMBERS shard=2 voters=1,2,4"
+        );
+        let pending = Response::from(ProtocolError::new(
+            ErrorCode::MembershipChangePending,
+            "shard 2 has an uncommitted membership change; retry shortly",
+        ));
+        assert_eq!(
+            format_response(&remove, &pending),
+            "ERR MEMBERSHIP_CHANGE_PENDING shard 2 has an uncommitted membership change; retry \
+             shortly"
         );
     }
 }

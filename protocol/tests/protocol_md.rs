@@ -2,7 +2,10 @@
 //! specification cannot drift from the code.
 
 use bytes::BytesMut;
-use kahu_protocol::{ClientCodec, Incoming, ServerCodec};
+use kahu_protocol::{
+    ClientCodec, ErrorCode, Incoming, MemberChange, Members, MembersReply, Request, Response,
+    ServerCodec,
+};
 use tokio_util::codec::Decoder;
 
 const PROTOCOL_MD: &str = include_str!("../../PROTOCOL.md");
@@ -70,6 +73,56 @@ fn every_hex_dump_in_protocol_md_is_one_valid_frame() {
             buffer.len()
         );
     }
+}
+
+#[test]
+fn the_members_examples_decode_to_the_changes_they_describe() {
+    let mut requests = Vec::new();
+    let mut responses = Vec::new();
+    for (direction, bytes) in dumps() {
+        let mut buffer = BytesMut::from(&bytes[..]);
+        if direction == 'C' {
+            if let Ok(Some(Incoming::Request {
+                request_id,
+                request,
+            })) = ServerCodec::default().decode(&mut buffer)
+            {
+                requests.push((request_id, request));
+            }
+        } else if let Ok(Some(response)) = ClientCodec::default().decode(&mut buffer) {
+            responses.push(response);
+        }
+    }
+    let add = Request::Members(Members {
+        shard: 0,
+        change: MemberChange::Add {
+            node: 4,
+            address: "127.0.0.1:7004/127.0.0.1:8004".into(),
+        },
+    });
+    let remove = Request::Members(Members {
+        shard: 1,
+        change: MemberChange::Remove { node: 3 },
+    });
+    assert!(requests.contains(&(9, add)), "the add example");
+    assert!(requests.contains(&(10, remove)), "the remove example");
+    let replies = [(9, vec![1, 2, 3, 4], 0), (10, vec![1, 2], 1)];
+    for (request_id, voters, shard) in replies {
+        let reply = Response::Members(MembersReply { shard, voters });
+        assert!(
+            responses.contains(&(request_id, reply)),
+            "reply {request_id}"
+        );
+    }
+    let codes: Vec<(u32, Option<ErrorCode>)> = responses
+        .iter()
+        .filter_map(|(id, response)| match response {
+            Response::Error(error) => Some((*id, error.code)),
+            _ => None,
+        })
+        .collect();
+    assert!(codes.contains(&(10, Some(ErrorCode::MembershipChangePending))));
+    assert!(codes.contains(&(11, Some(ErrorCode::BadMembership))));
 }
 
 #[test]

@@ -35,6 +35,20 @@ pub fn route(request: Request, shared: &Shared) -> Routed {
                 .into()
             },
         ),
+        // Replaced by the shard leader's membership change once the server side is wired.
+        Request::Members(members) => Routed::Local(
+            ProtocolError::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "membership changes are not wired into this server yet: MEMBERS {} of node \
+                     {} on shard {} was not applied",
+                    members.change.name(),
+                    members.change.node(),
+                    members.shard
+                ),
+            )
+            .into(),
+        ),
         keyed => Routed::Shard(keyed),
     }
 }

@@ -121,7 +121,36 @@ async fn a_bad_body_is_answered_and_the_connection_stays_open() {
         ErrorCode::OwnerTooLong
     );
     assert_eq!(client.call(12, &Request::Ping).await, Response::Pong);
+
+    // MEMBERS: node 0, an unknown action, an address without its client side.
+    let refusals = [
+        (13, members_unchecked(0, 2, 0, None)),
+        (14, members_unchecked(0, 9, 4, None)),
+        (15, members_unchecked(0, 1, 4, Some("127.0.0.1:7004"))),
+    ];
+    for (request_id, frame) in refusals {
+        let response = client.call_raw(request_id, &frame).await;
+        assert_eq!(
+            error_code(&response),
+            ErrorCode::BadMembership,
+            "{request_id}"
+        );
+    }
+    assert_eq!(client.call(16, &Request::Ping).await, Response::Pong);
     server.stop().await;
+}
+
+/// A MEMBERS frame built by hand: `shard`, `action`, `node`, then `address` if given.
+fn members_unchecked(shard: u16, action: u8, node: u64, address: Option<&str>) -> RawFrame {
+    let mut body = Vec::new();
+    body.extend_from_slice(&shard.to_le_bytes());
+    body.push(action);
+    body.extend_from_slice(&node.to_le_bytes());
+    if let Some(address) = address {
+        body.extend_from_slice(&(address.len() as u16).to_le_bytes());
+        body.extend_from_slice(address.as_bytes());
+    }
+    RawFrame { opcode: 0x08, body }
 }
 
 /// A LOCK frame built by hand, so invalid values reach the server.

@@ -77,6 +77,9 @@ async fn bad_lines_get_an_error_and_the_session_goes_on() {
         ("LOCK k 999999999999999", "ERR TTL_OUT_OF_RANGE"),
         ("LOCK k 1000 WAIT 99999999999", "ERR WAIT_OUT_OF_RANGE"),
         ("UNLOCK k TOKEN 0", "ERR MALFORMED"),
+        ("MEMBERS", "ERR MALFORMED"),
+        ("MEMBERS REMOVE 0 0", "ERR BAD_MEMBERSHIP"),
+        ("MEMBERS ADD 0 4 localhost:7004/x:1", "ERR BAD_MEMBERSHIP"),
     ];
     for (line, expected) in cases {
         let reply = session.command(line).await;

@@ -8,7 +8,10 @@ use tokio_util::codec::{Decoder, Encoder};
 use super::*;
 use crate::error::{ErrorClass, ErrorCode};
 use crate::frame::{MAGIC, VERSION};
-use crate::limits::{FRAME_BYTES_MAX, KEY_BYTES_MAX, OWNER_BYTES_MAX, TTL_MS_MAX, WAIT_MS_MAX};
+use crate::limits::{
+    FRAME_BYTES_MAX, KEY_BYTES_MAX, OWNER_BYTES_MAX, TTL_MS_MAX, VOTERS_MAX, WAIT_MS_MAX,
+};
+use crate::members::{MemberChange, Members, MembersReply};
 use crate::request::{Durability, Extend, Get, Hello, Lock, Unlock};
 use crate::response::{
     Acquired, Busy, ErrorReply, Extended, HelloOk, InfoReply, LockInfo, NotHeld, Released,
@@ -20,6 +23,30 @@ fn bytes_strategy(max: usize) -> impl Strategy<Value = Bytes> {
 
 fn durability_strategy() -> impl Strategy<Value = Durability> {
     prop_oneof![Just(Durability::Ephemeral), Just(Durability::Persistent)]
+}
+
+/// Valid node addresses: IPv4 or IPv6 peer, a name, IPv4 or IPv6 client, any ports.
+fn node_address_strategy() -> impl Strategy<Value = String> {
+    let peer = prop_oneof![
+        any::<[u8; 4]>().prop_map(|ip| std::net::Ipv4Addr::from(ip).to_string()),
+        any::<[u16; 8]>().prop_map(|ip| format!("[{}]", std::net::Ipv6Addr::from(ip))),
+    ];
+    let client = prop_oneof![
+        "[a-z][a-z0-9.-]{0,60}",
+        any::<[u8; 4]>().prop_map(|ip| std::net::Ipv4Addr::from(ip).to_string()),
+        Just("[::1]".to_string()),
+    ];
+    (peer, any::<u16>(), client, any::<u16>())
+        .prop_map(|(peer, peer_port, client, port)| format!("{peer}:{peer_port}/{client}:{port}"))
+}
+
+fn members_strategy() -> impl Strategy<Value = Request> {
+    let change = prop_oneof![
+        (1..=u64::MAX, node_address_strategy())
+            .prop_map(|(node, address)| MemberChange::Add { node, address }),
+        (1..=u64::MAX).prop_map(|node| MemberChange::Remove { node }),
+    ];
+    (any::<u16>(), change).prop_map(|(shard, change)| Request::Members(Members { shard, change }))
 }
 
 fn request_strategy() -> impl Strategy<Value = Request> {
@@ -68,6 +95,7 @@ fn request_strategy() -> impl Strategy<Value = Request> {
                 token,
             })),
         key().prop_map(|key| Request::Get(Get { key })),
+        members_strategy(),
     ]
 }
 
@@ -121,6 +149,14 @@ fn response_strategy() -> impl Strategy<Value = Response> {
         any::<u64>().prop_map(|last_token| Response::NotHeld(NotHeld { last_token })),
         proptest::collection::vec(("[a-z_]{1,20}", any::<u64>()), 0..30)
             .prop_map(|fields| Response::Info(InfoReply { fields })),
+        (
+            any::<u16>(),
+            proptest::collection::btree_set(1..=u64::MAX, 1..=VOTERS_MAX)
+        )
+            .prop_map(|(shard, voters)| Response::Members(MembersReply {
+                shard,
+                voters: voters.into_iter().collect(),
+            })),
         (proptest::sample::select(ErrorCode::ALL), "[ -~]{0,100}").prop_map(|(code, message)| {
             Response::Error(ErrorReply {
                 code: Some(code),
@@ -211,7 +247,7 @@ proptest! {
 
     #[test]
     fn garbage_body_behind_a_valid_header_is_answered_not_fatal(
-        opcode in proptest::sample::select(&[0x01u8, 0x03, 0x04, 0x05, 0x06][..]),
+        opcode in proptest::sample::select(&[0x01u8, 0x03, 0x04, 0x05, 0x06, 0x08][..]),
         body in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
         let mut buffer = BytesMut::new();

@@ -198,7 +198,7 @@ impl Turns {
             Request::Unlock(unlock) => table.unlock(now, hash, unlock, reply, output),
             Request::Extend(extend) => table.extend(now, hash, extend, reply, output),
             Request::Get(get) => table.get(now, hash, &get.key, reply, output),
-            Request::Hello(_) | Request::Ping | Request::Info => {
+            Request::Hello(_) | Request::Ping | Request::Info | Request::Members(_) => {
                 debug_assert!(false, "unkeyed request routed to a shard");
                 let error =
                     ProtocolError::new(ErrorCode::Internal, "request routed to a shard by mistake");
