@@ -39,7 +39,7 @@ use crate::lock::LockBuilder;
 use crate::node::{DriverContext, Nodes, NODES_MAX};
 use crate::options::ClientOptions;
 use crate::outcome::{unexpected, ExtendOutcome, LockState, UnlockOutcome};
-use crate::route::{may_have_taken_effect, Failure, Route, Routed};
+use crate::route::{is_pending, may_have_taken_effect, Failure, Route, Routed};
 use crate::router::Router;
 
 /// A client of one kahu node or of a cluster, shared by every clone.
@@ -122,6 +122,9 @@ impl Client {
     /// - **NOT_LEADER naming no leader** (an election is in progress): the shard's leader is
     ///   forgotten, and the request is sent to the next known node after a pause of 10 ms,
     ///   doubling up to 200 ms;
+    /// - **MEMBERSHIP_CHANGE_PENDING** (only a MEMBERS gets it: the shard's leader has a
+    ///   change that is not committed yet): the same node is asked again after the same
+    ///   pause;
     /// - **no connection can be made** to the node (nothing was sent): the node is marked
     ///   down for 1 s (skipped while another is up) and the request goes to the next node
     ///   at once; when every known node has failed for this request, the caller gets the
@@ -397,6 +400,12 @@ impl Client {
         Some(router.nodes().get(leader).address().to_string())
     }
 
+    /// How many shards the cluster places keys on (from the first HELLO): each is its own
+    /// Raft group, numbered from 0.
+    pub fn shard_count(&self) -> u16 {
+        u16::try_from(self.inner.router.shard_count()).expect("a shard count is a u16")
+    }
+
     /// The longest wait the server accepts in one LOCK, from its HELLO.
     pub(crate) fn wait_ms_max(&self) -> u64 {
         match self.inner.wait_ms_max.load(Ordering::Relaxed) {
@@ -427,7 +436,7 @@ impl Client {
     ) -> Result<Routed, Error> {
         request.validate()?;
         let router = &self.inner.router;
-        let shard = router.shard_of(&request);
+        let shard = router.shard_of(&request)?;
         let started = Instant::now();
         let mut route = Route::new(&self.inner.options, server_wait, started);
         let mut node = router.first_choice(shard, started);
@@ -447,6 +456,7 @@ impl Client {
                         hint: leader_hint(&reply.message),
                     }
                 }
+                Ok(Response::Error(reply)) if is_pending(reply) => Failure::Pending,
                 Err(Error::Connect { .. }) => Failure::Unreachable,
                 Ok(response) => {
                     if let (Some(shard), false) = (shard, matches!(response, Response::Error(_))) {
@@ -563,7 +573,8 @@ impl Client {
 /// Whether a request whose earlier attempt "may or may not have taken effect" may be sent
 /// again. Everything but a LOCK with IF_NOT_HELD: that one would be refused by the very
 /// grant its first attempt may have made, and the caller would be told "not acquired"
-/// while holding the lock.
+/// while holding the lock. (A MEMBERS is idempotent on the server: a retry after the change
+/// was made answers the voters as they are.)
 fn resendable_when_uncertain(request: &Request) -> bool {
     !matches!(request, Request::Lock(lock) if lock.if_not_held)
 }

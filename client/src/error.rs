@@ -60,6 +60,36 @@ pub enum Error {
     /// that ran [`crate::Client::connect`] has shut down.
     #[error("the client's connection task has stopped (its tokio runtime shut down)")]
     Closed,
+
+    /// A membership change of every shard ([`crate::Client::add_node`],
+    /// [`crate::Client::remove_node`]) failed on `shard`, with `source`: shards 0 to
+    /// `shard - 1` were changed, the others were not. The change is idempotent, so making
+    /// the same change again finishes the job. Its class, code and the three questions are
+    /// those of `source`.
+    #[error("{}: {source}", membership_context(.action, *.node, *.shard, *.shard_count))]
+    MembershipIncomplete {
+        /// `add` or `remove`.
+        action: &'static str,
+        node: u64,
+        /// The shard the change failed on, which is also how many shards were changed.
+        shard: u16,
+        shard_count: u16,
+        source: Box<Error>,
+    },
+}
+
+/// What an [`Error::MembershipIncomplete`] says before its cause: what stopped where, what
+/// was done, and what to do.
+fn membership_context(action: &str, node: u64, shard: u16, shard_count: u16) -> String {
+    let changed = match shard {
+        0 => "no shard was changed".to_string(),
+        1 => "shard 0 was changed".to_string(),
+        _ => format!("shards 0 to {} were changed", shard - 1),
+    };
+    format!(
+        "{action} node {node} stopped at shard {shard} of {shard_count} ({changed}; the change \
+         is idempotent: make it again to finish the job)"
+    )
 }
 
 impl Error {
@@ -79,7 +109,10 @@ impl Error {
 
     /// True when the client stopped waiting for a reply ([`Error::Timeout`]).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Timeout(_))
+        match self {
+            Error::MembershipIncomplete { source, .. } => source.is_timeout(),
+            error => matches!(error, Error::Timeout(_)),
+        }
     }
 
     /// True when the server cannot serve this key and another node can (NOT_LEADER).
@@ -89,7 +122,10 @@ impl Error {
 
     /// True when no connection could be made ([`Error::Connect`]).
     pub fn is_connect(&self) -> bool {
-        matches!(self, Error::Connect { .. })
+        match self {
+            Error::MembershipIncomplete { source, .. } => source.is_connect(),
+            error => matches!(error, Error::Connect { .. }),
+        }
     }
 
     /// What a caller should do with this error, in the wire protocol's classes.
@@ -101,6 +137,7 @@ impl Error {
             }
             Error::Server(reply) => reply.class,
             Error::Protocol(_) => ErrorClass::Server,
+            Error::MembershipIncomplete { source, .. } => source.class(),
         }
     }
 
@@ -110,6 +147,7 @@ impl Error {
         match self {
             Error::InvalidRequest(error) => Some(error.code),
             Error::Server(reply) => reply.code,
+            Error::MembershipIncomplete { source, .. } => source.code(),
             _ => None,
         }
     }
@@ -129,6 +167,7 @@ impl Error {
             },
             Error::Protocol(_) => Cow::Borrowed("PROTOCOL_ERROR"),
             Error::Closed => Cow::Borrowed("CLIENT_CLOSED"),
+            Error::MembershipIncomplete { source, .. } => source.code_name(),
         }
     }
 
@@ -137,6 +176,17 @@ impl Error {
         match self {
             Error::InvalidRequest(error) => Cow::Borrowed(&error.message),
             Error::Server(reply) => Cow::Borrowed(&reply.message),
+            Error::MembershipIncomplete {
+                action,
+                node,
+                shard,
+                shard_count,
+                source,
+            } => Cow::Owned(format!(
+                "{}: {}",
+                membership_context(action, *node, *shard, *shard_count),
+                source.message()
+            )),
             other => Cow::Owned(other.to_string()),
         }
     }
@@ -229,5 +279,47 @@ mod tests {
         assert_eq!(Error::connection_lost("x").code_name(), "CONNECTION_LOST");
         assert_eq!(Error::Timeout(Duration::ZERO).code_name(), "TIMEOUT");
         assert_eq!(Error::Closed.code_name(), "CLIENT_CLOSED");
+    }
+
+    #[test]
+    fn an_incomplete_membership_change_names_its_shard_and_answers_as_its_cause() {
+        let stopped = |shard, source| Error::MembershipIncomplete {
+            action: "add",
+            node: 4,
+            shard,
+            shard_count: 4,
+            source: Box::new(source),
+        };
+
+        // Phase 1: a NOT_LEADER on shard 2: shards 0 and 1 were changed.
+        let error = stopped(2, server(ErrorCode::NotLeader));
+        assert!(error.is_not_leader());
+        assert_eq!(error.code(), Some(ErrorCode::NotLeader));
+        assert_eq!(error.code_name(), "NOT_LEADER");
+        assert_eq!(
+            error.message(),
+            "add node 4 stopped at shard 2 of 4 (shards 0 to 1 were changed; the change is \
+             idempotent: make it again to finish the job): refused"
+        );
+        assert!(
+            error
+                .to_string()
+                .ends_with(": NOT_LEADER: refused (not-leader error)"),
+            "{error}"
+        );
+
+        // Phase 2: the cause's questions come through.
+        let timeout = stopped(1, Error::Timeout(Duration::from_secs(5)));
+        assert!(timeout.is_timeout() && timeout.is_retryable());
+        assert!(
+            timeout.message().contains("(shard 0 was changed;"),
+            "{timeout}"
+        );
+        let connect = stopped(0, Error::connect("a:1", "refused"));
+        assert!(connect.is_connect());
+        assert!(
+            connect.message().contains("(no shard was changed;"),
+            "{connect}"
+        );
     }
 }

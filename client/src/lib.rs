@@ -75,12 +75,19 @@
 //! [`Client::extend`] (any grant of the owner), [`Client::unlock_token`],
 //! [`Client::extend_token`] (one grant, by fencing token), [`Client::get`]; and
 //! [`Client::ping`], [`Client::info`].
+//!
+//! # Cluster membership
+//!
+//! [`Client::add_node`] and [`Client::remove_node`] change which nodes vote in every shard's
+//! Raft group, shard by shard on each shard's leader; [`Client::change_members`] changes one
+//! shard. `kahu-cli --add-node` / `--remove-node` use them.
 
 mod client;
 mod driver;
 mod error;
 mod identity;
 mod lock;
+mod members;
 mod node;
 mod options;
 mod outcome;
@@ -95,4 +102,6 @@ pub use lock::{LockBuilder, LockGuard};
 pub use options::ClientOptions;
 pub use outcome::{ExtendOutcome, HeldLock, Holder, LockState, UnlockOutcome};
 
-pub use kahu_protocol::{Durability, ErrorClass, ErrorCode, ErrorReply, HelloOk, InfoReply};
+pub use kahu_protocol::{
+    Durability, ErrorClass, ErrorCode, ErrorReply, HelloOk, InfoReply, MemberChange,
+};

@@ -11,13 +11,16 @@
 //!   nodes disagree: their view is stale), the next attempt waits
 //!   [`NOT_LEADER_BACKOFF_FIRST`] (10 ms), doubling after each such pause up to
 //!   [`NOT_LEADER_BACKOFF_MAX`] (200 ms). Any other hint is followed at once, and so is the
-//!   move to another node after a failed connection.
+//!   move to another node after a failed connection;
+//! - after a MEMBERSHIP_CHANGE_PENDING (the shard's leader has a membership change that is
+//!   not committed yet, so a MEMBERS must wait), the same node is asked again after the same
+//!   doubling pause.
 //!
 //! Plain data and a clock passed in, so it is tested without sockets or sleeping.
 
 use std::time::{Duration, Instant};
 
-use kahu_protocol::{ErrorReply, Response};
+use kahu_protocol::{ErrorCode, ErrorReply, Response};
 
 use crate::node::NODES_MAX;
 use crate::options::ClientOptions;
@@ -55,6 +58,15 @@ pub(crate) enum Failure<'a> {
     NotLeader { hint: Option<&'a str> },
     /// No connection could be made to the node: nothing was sent.
     Unreachable,
+    /// The node leads the shard but cannot take the request yet: it has a membership change
+    /// that is not committed (MEMBERSHIP_CHANGE_PENDING). Nothing was applied.
+    Pending,
+}
+
+/// True for an answer that the same node may give differently a moment later, with
+/// nothing applied: MEMBERSHIP_CHANGE_PENDING.
+pub(crate) fn is_pending(reply: &ErrorReply) -> bool {
+    reply.code == Some(ErrorCode::MembershipChangePending)
 }
 
 /// True when a NOT_LEADER says the request may have been applied before the node lost its
@@ -164,7 +176,7 @@ impl Route {
 
 #[cfg(test)]
 mod tests {
-    use kahu_protocol::{ErrorCode, ProtocolError};
+    use kahu_protocol::ProtocolError;
 
     use super::*;
 
@@ -236,5 +248,21 @@ mod tests {
         );
         assert!(!may_have_taken_effect(&plain.into()));
         assert!(may_have_taken_effect(&deposed.into()));
+    }
+
+    #[test]
+    fn only_membership_change_pending_asks_the_same_node_again() {
+        let pending = ProtocolError::new(ErrorCode::MembershipChangePending, "retry shortly");
+        assert!(is_pending(&pending.into()));
+        for code in [
+            ErrorCode::NotLeader,
+            ErrorCode::ShuttingDown,
+            ErrorCode::BadMembership,
+        ] {
+            assert!(
+                !is_pending(&ProtocolError::new(code, "no").into()),
+                "{code}"
+            );
+        }
     }
 }

@@ -1,13 +1,15 @@
 //! [`Router`]: which node a request goes to, as learned from the cluster.
 //!
 //! A keyed request (LOCK, UNLOCK, EXTEND, GET) belongs to the key's shard
-//! (`kahu_protocol::routing`, with the `shard_count` of the first HELLO); only the shard's
-//! Raft leader serves it. The router keeps, per shard, the node believed to lead it, and
-//! learns it from the cluster:
+//! (`kahu_protocol::routing`, with the `shard_count` of the first HELLO), and a MEMBERS to
+//! the shard it names (one this cluster has: another is refused before it is sent); only
+//! the shard's Raft leader serves it. The router keeps, per shard, the node believed to lead
+//! it, and learns it from the cluster:
 //! - a NOT_LEADER naming `leader=HOST:PORT` records that node for the shard (adding it to
 //!   the known nodes if it is new);
 //! - a NOT_LEADER naming no leader forgets the shard's leader, if it was the node asked;
-//! - any other answer from a node to a keyed request records that node for the shard;
+//! - MEMBERSHIP_CHANGE_PENDING, and any other answer that is not an ERROR, from a node
+//!   records that node for the shard (only a leader gives them);
 //! - a node that cannot be connected to is marked down for [`crate::node::NODE_DOWN_TIME`]
 //!   and every shard it was believed to lead is forgotten.
 //!
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kahu_protocol::routing::{key_hash, shard_of};
-use kahu_protocol::Request;
+use kahu_protocol::{ErrorCode, ProtocolError, Request};
 
 use crate::node::Nodes;
 use crate::route::{Failure, NodeSet, Route};
@@ -69,9 +71,30 @@ impl Router {
         shard_of(key_hash(key), self.shard_count)
     }
 
-    /// The shard a request belongs to; `None` for requests without a key.
-    pub(crate) fn shard_of(&self, request: &Request) -> Option<usize> {
-        request.key().map(|key| self.shard_of_key(key))
+    /// How many shards keys are placed on.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+
+    /// The shard a request belongs to: its key's, or the one it names (MEMBERS); `None` for
+    /// requests of no shard (PING, INFO, HELLO). A named shard the cluster does not have is
+    /// refused here, so nothing is sent.
+    pub(crate) fn shard_of(&self, request: &Request) -> Result<Option<usize>, ProtocolError> {
+        if let Some(key) = request.key() {
+            return Ok(Some(self.shard_of_key(key)));
+        }
+        match request.shard().map(usize::from) {
+            Some(shard) if shard >= self.shard_count => Err(ProtocolError::new(
+                ErrorCode::BadMembership,
+                format!(
+                    "shard {shard} does not exist: the cluster has {} shard{} (0 to {})",
+                    self.shard_count,
+                    if self.shard_count == 1 { "" } else { "s" },
+                    self.shard_count - 1
+                ),
+            )),
+            shard => Ok(shard),
+        }
     }
 
     /// The node believed to lead `shard`.
@@ -166,6 +189,12 @@ impl Router {
                 let next = self.next_node(node, route.unreachable, now)?;
                 Some((next, Duration::ZERO))
             }
+            Failure::Pending => {
+                if let Some(shard) = shard {
+                    self.learn_leader(shard, node);
+                }
+                Some((node, route.pause()))
+            }
             Failure::NotLeader { hint } => {
                 // A hint to a node that is down (a follower that has not noticed yet), or
                 // to one this request could not reach, is no better than no hint.
@@ -201,7 +230,7 @@ mod tests {
     use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
 
-    use kahu_protocol::{Get, HelloOk};
+    use kahu_protocol::{Get, HelloOk, MemberChange, Members};
     use tokio::sync::watch;
 
     use super::*;
@@ -254,9 +283,9 @@ mod tests {
         let get = Request::Get(Get {
             key: key_on_shard(&router, 1).into(),
         });
-        let shard = router.shard_of(&get);
+        let shard = router.shard_of(&get).unwrap();
         assert_eq!(shard, Some(1));
-        assert_eq!(router.shard_of(&Request::Ping), None);
+        assert_eq!(router.shard_of(&Request::Ping), Ok(None));
         assert_eq!(router.first_choice(shard, now), 0, "home");
 
         // A hint names the leader: the next request for the shard goes straight there.
@@ -391,6 +420,63 @@ mod tests {
         // Phase 5: down marks end; every node is a candidate again.
         let later = now + crate::node::NODE_DOWN_TIME * 2;
         assert_eq!(router.next_node(2, NodeSet::default(), later), Some(0));
+    }
+
+    #[test]
+    fn a_members_request_belongs_to_the_shard_it_names() {
+        let router = new_router(&["a:1", "b:1"], 4);
+        let members = |shard| {
+            Request::Members(Members {
+                shard,
+                change: MemberChange::Remove { node: 3 },
+            })
+        };
+
+        // Phase 1: shards 0 to 3 exist; the request goes where the shard's leader is.
+        assert_eq!(router.shard_of(&members(0)), Ok(Some(0)));
+        assert_eq!(router.shard_of(&members(3)), Ok(Some(3)));
+        router.learn_leader(3, 1);
+        let now = Instant::now();
+        assert_eq!(router.first_choice(Some(3), now), 1);
+
+        // Phase 2: shard 4 does not exist; refused with the shards there are.
+        let error = router.shard_of(&members(4)).unwrap_err();
+        assert_eq!(error.code, ErrorCode::BadMembership);
+        assert_eq!(
+            error.message,
+            "shard 4 does not exist: the cluster has 4 shards (0 to 3)"
+        );
+        let single = new_router(&["a:1"], 1);
+        let error = single.shard_of(&members(u16::MAX)).unwrap_err();
+        assert!(error.message.ends_with("has 1 shard (0 to 0)"), "{error}");
+
+        // Phase 3: a NOT_LEADER hint teaches the named shard's leader, as for a key.
+        let mut route = new_route();
+        route.attempt(1);
+        let hint = Failure::NotLeader { hint: Some("a:1") };
+        assert_eq!(
+            router.reroute(1, Some(2), hint, &mut route, now),
+            Some((0, Duration::ZERO))
+        );
+        assert_eq!(router.leader(2), Some(0));
+    }
+
+    #[test]
+    fn a_pending_change_asks_the_same_leader_again_after_a_pause() {
+        let router = new_router(&["a:1", "b:1"], 2);
+        let now = Instant::now();
+        let mut route = new_route();
+        let pauses: Vec<(usize, u128)> = (0..3)
+            .map(|_| {
+                route.attempt(1);
+                let (next, pause) = router
+                    .reroute(1, Some(1), Failure::Pending, &mut route, now)
+                    .unwrap();
+                (next, pause.as_millis())
+            })
+            .collect();
+        assert_eq!(pauses, [(1, 10), (1, 20), (1, 40)]);
+        assert_eq!(router.leader(1), Some(1), "only a leader answers pending");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The client against a fake cluster: each fake node answers by a script (a function of the
 //! request), so leader hints, elections, deposed leaders and dead nodes are played
-//! deterministically, without a real Raft cluster's timing. Also `kahu-cli --cluster-status`
-//! against a fake node's INFO.
+//! deterministically, without a real Raft cluster's timing. Also membership changes (MEMBERS
+//! routed per shard, pending changes waited out), and `kahu-cli --cluster-status`,
+//! `--add-node` and `--remove-node` against fake nodes.
 //!
 //! Every fake node binds 127.0.0.1 port 0; every wait is bounded by `STEP_TIMEOUT`.
 
@@ -14,8 +15,8 @@ use futures::{SinkExt, StreamExt};
 use kahu_client::{Client, ClientOptions, Error, ErrorCode, LockState, UnlockOutcome};
 use kahu_protocol::routing::{key_hash, shard_of};
 use kahu_protocol::{
-    Acquired, HelloOk, Incoming, InfoReply, NotHeld, ProtocolError, Released, Request, Response,
-    ServerCodec, VERSION,
+    Acquired, HelloOk, Incoming, InfoReply, MemberChange, Members, MembersReply, NotHeld,
+    ProtocolError, Released, Request, Response, ServerCodec, VERSION,
 };
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -643,4 +644,298 @@ async fn cluster_status_prints_each_shard_as_a_table_or_json() {
     );
     assert_eq!(shards[0]["isLeader"], true);
     assert_eq!(node.requests(), [Request::Info, Request::Info]);
+}
+
+const NODE_4: &str = "127.0.0.1:7004/127.0.0.1:8004";
+
+/// The shard and change of a MEMBERS request.
+fn members_of(request: &Request) -> (u16, MemberChange) {
+    match request {
+        Request::Members(members) => (members.shard, members.change.clone()),
+        other => panic!("expected MEMBERS, got {other:?}"),
+    }
+}
+
+fn voters(shard: u16, voters: &[u64]) -> Response {
+    Response::Members(MembersReply {
+        shard,
+        voters: voters.to_vec(),
+    })
+}
+
+fn pending(shard: u16) -> Response {
+    ProtocolError::new(
+        ErrorCode::MembershipChangePending,
+        format!("shard {shard} has an uncommitted membership change; retry shortly"),
+    )
+    .into()
+}
+
+/// A leader of `shards` that applies each change to its voters (1, 2, 3 to begin with, the
+/// same for every shard), idempotently, answering the first MEMBERS of each shard "pending".
+fn membership_leader(shard_count: u16) -> impl Fn(&Request) -> Response + Send + Sync {
+    let state = Mutex::new((
+        vec![vec![1_u64, 2, 3]; usize::from(shard_count)],
+        Vec::new(),
+    ));
+    move |request| {
+        let (shard, change) = members_of(request);
+        let (voters_by_shard, answered) = &mut *state.lock().unwrap();
+        if !answered.contains(&shard) {
+            answered.push(shard);
+            return pending(shard);
+        }
+        let shard_voters = &mut voters_by_shard[usize::from(shard)];
+        match change {
+            MemberChange::Add { node, .. } if !shard_voters.contains(&node) => {
+                shard_voters.push(node);
+                shard_voters.sort_unstable();
+            }
+            MemberChange::Remove { node } => shard_voters.retain(|&voter| voter != node),
+            MemberChange::Add { .. } => {}
+        }
+        voters(shard, shard_voters)
+    }
+}
+
+#[tokio::test]
+async fn adding_a_node_changes_every_shard_in_order_on_its_own_leader() {
+    // Two shards: a leads shard 0, b leads shard 1, each naming the other for the other's.
+    let addresses = Arc::new(Mutex::new([String::new(), String::new()]));
+    let script = |leads: u16| {
+        let addresses = addresses.clone();
+        let leader = membership_leader(2);
+        move |request: &Request| {
+            let (shard, _) = members_of(request);
+            if shard == leads {
+                return leader(request);
+            }
+            let address = addresses.lock().unwrap()[usize::from(shard)].clone();
+            not_leader(format!(
+                "shard {shard} is led by node 9; ask leader={address}"
+            ))
+        }
+    };
+    let a = FakeNode::start(2, script(0)).await;
+    let b = FakeNode::start(2, script(1)).await;
+    *addresses.lock().unwrap() = [a.address.clone(), b.address.clone()];
+
+    // Phase 1: each shard's first answer is "pending" and is asked again; shard 1 goes to
+    // b by a's hint, only once shard 0 is committed.
+    let client = Client::connect_with(&a.address, options()).await.unwrap();
+    assert_eq!(client.shard_count(), 2);
+    let shards = client.add_node(4, NODE_4).await.unwrap();
+    assert_eq!(shards, [(0, vec![1, 2, 3, 4]), (1, vec![1, 2, 3, 4])]);
+    let add = MemberChange::Add {
+        node: 4,
+        address: NODE_4.into(),
+    };
+    let seen = |node: &FakeNode| -> Vec<u16> {
+        node.requests()
+            .iter()
+            .map(|request| {
+                assert_eq!(members_of(request).1, add, "the same change every time");
+                members_of(request).0
+            })
+            .collect()
+    };
+    assert_eq!(
+        seen(&a),
+        [0, 0, 1],
+        "pending, committed, then shard 1 sent on"
+    );
+    assert_eq!(seen(&b), [1, 1]);
+
+    // Phase 2: the same change again finishes at once (the server is idempotent), each
+    // shard straight to its leader.
+    let again = client.add_node(4, NODE_4).await.unwrap();
+    assert_eq!(again, shards);
+    assert_eq!((seen(&a).len(), seen(&b).len()), (4, 3));
+
+    // Phase 3: removing node 3.
+    let shards = client.remove_node(3).await.unwrap();
+    assert_eq!(shards, [(0, vec![1, 2, 4]), (1, vec![1, 2, 4])]);
+}
+
+#[tokio::test]
+async fn a_membership_change_is_retried_through_an_election_and_a_deposed_leader() {
+    let leader = FakeNode::start(1, |request| {
+        let (shard, _) = members_of(request);
+        voters(shard, &[1, 2])
+    })
+    .await;
+    let leader_address = leader.address.clone();
+    let answers = AtomicUsize::new(0);
+    let old_leader = FakeNode::start(1, move |_| match answers.fetch_add(1, Ordering::SeqCst) {
+        0 | 1 => no_leader(),
+        _ => deposed(&leader_address),
+    })
+    .await;
+
+    // Two "no leader" answers, then "may or may not have taken effect" with a hint: a
+    // MEMBERS is idempotent, so it is sent on to the new leader.
+    let client = Client::connect_with(&old_leader.address, options())
+        .await
+        .unwrap();
+    let remove = MemberChange::Remove { node: 3 };
+    let voters = client.change_members(0, remove.clone()).await.unwrap();
+    assert_eq!(voters, [1, 2]);
+    assert_eq!(old_leader.requests().len(), 3);
+    assert_eq!(
+        leader.requests(),
+        [Request::Members(Members {
+            shard: 0,
+            change: remove,
+        })]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_membership_change_names_its_shard_and_what_was_changed() {
+    let node = FakeNode::start(3, |request| match members_of(request) {
+        (0, _) => voters(0, &[1, 2]),
+        (shard, _) => ProtocolError::new(
+            ErrorCode::BadMembership,
+            format!("shard {shard}: cannot remove the last voter"),
+        )
+        .into(),
+    })
+    .await;
+    let client = Client::connect_with(&node.address, options())
+        .await
+        .unwrap();
+
+    // Phase 1: shard 1 refuses: shard 0 was changed, shard 2 never asked.
+    let error = client.remove_node(3).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::MembershipIncomplete {
+                shard: 1,
+                shard_count: 3,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.code(), Some(ErrorCode::BadMembership));
+    assert!(!error.is_retryable());
+    assert_eq!(
+        error.message(),
+        "remove node 3 stopped at shard 1 of 3 (shard 0 was changed; the change is idempotent: \
+         make it again to finish the job): shard 1: cannot remove the last voter"
+    );
+    let shards: Vec<u16> = node.requests().iter().map(|r| members_of(r).0).collect();
+    assert_eq!(shards, [0, 1]);
+
+    // Phase 2: a shard the cluster does not have, and a bad address, are refused before
+    // anything is sent.
+    let error = client
+        .change_members(3, MemberChange::Remove { node: 3 })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidRequest(_)), "{error:?}");
+    assert_eq!(
+        error.message(),
+        "shard 3 does not exist: the cluster has 3 shards (0 to 2)"
+    );
+    let error = client.add_node(4, "127.0.0.1:7004").await.unwrap_err();
+    assert!(matches!(error, Error::InvalidRequest(_)), "{error:?}");
+    assert_eq!(error.code(), Some(ErrorCode::BadMembership));
+    assert_eq!(node.requests().len(), 2, "nothing more was sent");
+}
+
+#[tokio::test]
+async fn a_change_pending_past_the_route_budget_is_a_clear_error() {
+    let node = FakeNode::start(1, |request| pending(members_of(request).0)).await;
+    let client = Client::connect_with(&node.address, options().route_attempts_max(3))
+        .await
+        .unwrap();
+    let error = client
+        .change_members(0, MemberChange::Remove { node: 3 })
+        .await
+        .unwrap_err();
+    assert!(error.is_retryable(), "{error:?}");
+    assert_eq!(error.code(), Some(ErrorCode::MembershipChangePending));
+    assert!(
+        error.message().contains("gave up after 3 attempts"),
+        "{error}"
+    );
+    assert_eq!(node.requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_node_and_remove_node_print_each_shards_voters() {
+    let node = FakeNode::start(2, membership_leader(2)).await;
+    let connect = node.address.clone();
+
+    // Phase 1: text, a line per shard.
+    let (code, stdout) = cli(&["--connect", &connect, "--add-node", &format!("4={NODE_4}")]).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(stdout, "shard 0: voters 1,2,3,4\nshard 1: voters 1,2,3,4\n");
+
+    // Phase 2: JSON, one object.
+    let (code, stdout) = cli(&[
+        "--connect",
+        &connect,
+        "--remove-node",
+        "3",
+        "--format",
+        "json",
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "action": "remove",
+            "node": 3,
+            "shards": [
+                {"shard": 0, "voters": [1, 2, 4]},
+                {"shard": 1, "voters": [1, 2, 4]}
+            ]
+        })
+    );
+
+    // Phase 3: a bad --add-node value is a usage error, before anything is sent.
+    let before = node.requests().len();
+    let (code, _) = cli(&["--connect", &connect, "--add-node", "4=127.0.0.1:7004"]).await;
+    assert_eq!(code, 2);
+    assert_eq!(node.requests().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_refused_by_the_server_exits_4_naming_the_shard() {
+    let node = FakeNode::start(2, |_| {
+        ProtocolError::new(
+            ErrorCode::Unsupported,
+            "membership changes are not wired into this server yet",
+        )
+        .into()
+    })
+    .await;
+    let (code, stdout) = cli(&[
+        "--connect",
+        &node.address,
+        "--add-node",
+        &format!("4={NODE_4}"),
+        "--format",
+        "json",
+    ])
+    .await;
+    assert_eq!(code, 4, "{stdout}");
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["error"]["code"], "UNSUPPORTED");
+    assert_eq!(json["error"]["class"], "client");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("add node 4 stopped at shard 0 of 2 (no shard was changed;"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("not wired into this server yet"),
+        "{message}"
+    );
 }

@@ -1,19 +1,21 @@
 //! `kahu-cli`'s flags (clap), and the one action they ask for.
 //!
 //! At most one command flag (`--lock`, `--unlock`, `--extend-lock`, `--get-lock`, `--ping`,
-//! `--info`, `--cluster-status`); none starts the interactive shell. Every usage error, including the checks
-//! done here rather than by clap (`--expires` with `--lock`; `--wait` only with `--lock`;
-//! `--token` only with `--unlock` and `--extend-lock`, since clap's `requires` is satisfied
-//! by any member of a group, clap-rs/clap#4707), exits with code 2 through clap.
+//! `--info`, `--cluster-status`, `--add-node`, `--remove-node`); none starts the interactive
+//! shell. Every usage error, including the checks done here rather than by clap (`--expires`
+//! with `--lock`; `--wait` only with `--lock`; `--token` only with `--unlock` and
+//! `--extend-lock`, since clap's `requires` is satisfied by any member of a group,
+//! clap-rs/clap#4707; a malformed `--add-node` value), exits with code 2 through clap.
 
 use clap::error::ErrorKind;
 use clap::{ArgGroup, CommandFactory, Parser, ValueEnum};
 use kahu_client::Durability;
+use kahu_protocol::members::validate_node_address;
 
 /// Shown at the end of `--help`.
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  done (lock acquired, released, extended; lock held for --get-lock)
+  0  done (lock acquired, released, extended; lock held for --get-lock; membership changed)
   1  not acquired, not owner, not held
   2  usage error (bad flags or values)
   3  cannot connect to the server (to any of the --connect addresses)
@@ -34,6 +36,16 @@ Clusters:
   number of times, and never in a way that could apply twice) while a leader is elected.
   --cluster-status prints, for each shard, whether the node asked leads it, the leader's node
   id, the Raft term and the commit, applied and last log indexes.
+
+Membership:
+  --add-node ID=PEER_ADDR/CLIENT_ADDR makes node ID a voter of every shard; --remove-node ID
+  stops counting it. PEER_ADDR is where the other nodes reach it (IP:PORT), CLIENT_ADDR what
+  clients are told to use (HOST:PORT), as in kahu-server --peers. A node being added must
+  already be running, started with --join. Each shard is its own Raft group, so the change
+  is made shard by shard on each shard's leader, each committed before the next, and one line
+  per shard shows its voters (\"shard 0: voters 1,2,3,4\"). The change is idempotent: if it
+  stops part way (the error names the shard, and how many were changed), run the same command
+  again to finish it.
 
 Leases:
   --lock never releases on exit: the lock lives until its lease (--expires) ends or --unlock.
@@ -60,7 +72,10 @@ Example:
 )]
 #[command(group(
     ArgGroup::new("command")
-        .args(["lock", "unlock", "extend_lock", "get_lock", "ping", "info", "cluster_status"])
+        .args([
+            "lock", "unlock", "extend_lock", "get_lock", "ping", "info", "cluster_status",
+            "add_node", "remove_node",
+        ])
         .multiple(false)
 ))]
 pub struct Args {
@@ -105,6 +120,16 @@ pub struct Args {
     /// and the commit, applied and last log indexes (a table, or JSON with --format json)
     #[arg(long)]
     pub cluster_status: bool,
+
+    /// Make node ID a voter of every shard, reached at PEER_ADDR/CLIENT_ADDR
+    /// (4=127.0.0.1:7004/127.0.0.1:8004), shard by shard; the node must already be running,
+    /// started with --join
+    #[arg(long, value_name = "ID=PEER_ADDR/CLIENT_ADDR", value_parser = parse_node_to_add)]
+    pub add_node: Option<NodeToAdd>,
+
+    /// Stop counting node ID as a voter of every shard, shard by shard
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub remove_node: Option<u64>,
 
     /// Lease in milliseconds, for --lock and --extend-lock
     #[arg(long, value_name = "MS")]
@@ -175,6 +200,34 @@ impl From<DurabilityArg> for Durability {
     }
 }
 
+/// The value of `--add-node`: a node id and its `PEER_ADDR/CLIENT_ADDR`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeToAdd {
+    pub node: u64,
+    pub address: String,
+}
+
+/// Parses `ID=PEER_ADDR/CLIENT_ADDR`, with the protocol's own address checks, so a bad value
+/// is a usage error (exit 2) that says what is wrong before anything is sent.
+fn parse_node_to_add(value: &str) -> Result<NodeToAdd, String> {
+    let expected = "expected ID=PEER_ADDR/CLIENT_ADDR, e.g. 4=127.0.0.1:7004/127.0.0.1:8004";
+    let Some((node, address)) = value.split_once('=') else {
+        return Err(format!("no `=` after the node id; {expected}"));
+    };
+    let node = node
+        .parse::<u64>()
+        .ok()
+        .filter(|&node| node >= 1)
+        .ok_or_else(|| {
+            format!("`{node}` is not a node id (a whole number of 1 or more); {expected}")
+        })?;
+    validate_node_address(address).map_err(|error| error.message)?;
+    Ok(NodeToAdd {
+        node,
+        address: address.to_string(),
+    })
+}
+
 /// What one run of `kahu-cli` does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -201,6 +254,10 @@ pub enum Action {
     Ping,
     Info,
     ClusterStatus,
+    AddNode(NodeToAdd),
+    RemoveNode {
+        node: u64,
+    },
     Shell,
 }
 
@@ -212,7 +269,12 @@ impl Action {
             | Action::Unlock { key, .. }
             | Action::Extend { key, .. }
             | Action::Get { key } => Some(key),
-            Action::Ping | Action::Info | Action::ClusterStatus | Action::Shell => None,
+            Action::Ping
+            | Action::Info
+            | Action::ClusterStatus
+            | Action::AddNode(_)
+            | Action::RemoveNode { .. }
+            | Action::Shell => None,
         }
     }
 }
@@ -270,6 +332,10 @@ impl Args {
             Action::Info
         } else if self.cluster_status {
             Action::ClusterStatus
+        } else if let Some(add) = &self.add_node {
+            Action::AddNode(add.clone())
+        } else if let Some(node) = self.remove_node {
+            Action::RemoveNode { node }
         } else {
             Action::Shell
         };
@@ -433,5 +499,67 @@ mod tests {
             parse(&["--cluster-status", "--info"]).is_err(),
             "one command"
         );
+    }
+
+    #[test]
+    fn add_node_and_remove_node_take_a_node_and_its_address() {
+        let args = parse(&[
+            "--connect",
+            "a:1,b:2,c:3",
+            "--add-node",
+            "4=127.0.0.1:7004/127.0.0.1:8004",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.resolve(),
+            Ok(Action::AddNode(NodeToAdd {
+                node: 4,
+                address: "127.0.0.1:7004/127.0.0.1:8004".into()
+            }))
+        );
+        let remove = parse(&["--remove-node", "3"]).unwrap().resolve();
+        assert_eq!(remove, Ok(Action::RemoveNode { node: 3 }));
+        assert!(parse(&["--add-node", "4=127.0.0.1:7004/a:1", "--remove-node", "3"]).is_err());
+        let stray = parse(&["--remove-node", "3", "--token", "5"])
+            .unwrap()
+            .resolve();
+        assert_eq!(stray.unwrap_err().0, ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn bad_add_node_values_say_what_is_wrong() {
+        let cases = [
+            ("127.0.0.1:7004/127.0.0.1:8004", "no `=` after the node id"),
+            ("0=127.0.0.1:7004/127.0.0.1:8004", "`0` is not a node id"),
+            (
+                "four=127.0.0.1:7004/127.0.0.1:8004",
+                "`four` is not a node id",
+            ),
+            ("4=127.0.0.1:7004", "has no `/`"),
+            (
+                "4=localhost:7004/127.0.0.1:8004",
+                "peer address `localhost:7004` is not IP:PORT",
+            ),
+            ("4=127.0.0.1:7004/", "client address `` is empty"),
+            ("4=127.0.0.1:7004/a:1,b:2", "`,`"),
+        ];
+        for (value, why) in cases {
+            let error = parse(&["--add-node", value]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{value}");
+            let message = error.to_string();
+            assert!(message.contains(why), "{value}: {message}");
+            assert!(
+                message.contains("e.g. 4=127.0.0.1:7004/127.0.0.1:8004")
+                    || message.contains("e.g. 127.0.0.1:7004/127.0.0.1:8004"),
+                "{value}: {message}"
+            );
+        }
+        let zero = parse(&["--remove-node", "0"]).unwrap_err();
+        assert_eq!(
+            zero.kind(),
+            ErrorKind::ValueValidation,
+            "node ids start at 1"
+        );
+        assert!(parse(&["--remove-node", "three"]).is_err());
     }
 }

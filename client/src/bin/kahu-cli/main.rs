@@ -5,6 +5,8 @@
 //! kahu-cli --unlock backup-lock                               # release
 //! kahu-cli --unlock backup-lock --token 1099511627777         # release only that grant
 //! kahu-cli --connect n1:8002,n2:8002,n3:8002 --cluster-status # each shard's Raft state
+//! kahu-cli --connect n1:8002 --add-node 4=10.0.0.4:7004/10.0.0.4:8002  # a new voter
+//! kahu-cli --connect n1:8002 --remove-node 3                  # one voter less
 //! kahu-cli                                                    # interactive shell
 //! ```
 //!
@@ -22,6 +24,9 @@
 //! `--connect` takes one address or a cluster's nodes, comma-separated; the client routes
 //! each lock command to the leader of the lock's shard (see `kahu_client::Client::
 //! connect_cluster`).
+//!
+//! `--add-node` and `--remove-node` change every shard's voters, shard by shard on each
+//! shard's leader (see `kahu_client::Client::add_node`), and print each shard's voters.
 //!
 //! Layout: `args` (flags), `output` (results and exit codes), `cluster_status`
 //! (`--cluster-status`), `shell` (no command flag).
@@ -136,6 +141,14 @@ async fn run(args: &Args, action: Action) -> Exit {
             let status = ClusterStatus::from_info(client.address(), &client.server_hello(), &info);
             output.cluster_status(&status)
         }),
+        Action::AddNode(add) => client
+            .add_node(add.node, &add.address)
+            .await
+            .map(|shards| output.members("add", add.node, &shards)),
+        Action::RemoveNode { node } => client
+            .remove_node(*node)
+            .await
+            .map(|shards| output.members("remove", *node, &shards)),
         Action::Shell => {
             let shell = Shell {
                 client: client.clone(),

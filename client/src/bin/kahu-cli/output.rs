@@ -1,8 +1,9 @@
 //! How `kahu-cli` shows a result, and which exit code it gets.
 //!
 //! Every result is one line on stdout: readable text, or one JSON object (`--format json`)
-//! with camelCase fields; the one exception is `--cluster-status` as text, a table. The shapes (documented in the README and checked by
-//! `tests/cli.rs`):
+//! with camelCase fields; the exceptions are `--cluster-status` as text, a table, and
+//! `--add-node` / `--remove-node` as text, a line per shard (`shard 0: voters 1,2,3,4`). The
+//! shapes (documented in the README and checked by `tests/cli.rs` and `tests/cluster.rs`):
 //!
 //! ```text
 //! lock    {"resource","isAcquired","fencingToken","owner","expiresMs","status","holder"}
@@ -14,6 +15,7 @@
 //! info    {"server","version","shardCount","limits","stats"}
 //! cluster-status {"node","server","shardCount","shards":[{"shard","isLeader","leader","term",
 //!          "commitIndex","appliedIndex","lastIndex"}]}
+//! members {"action":"add"|"remove","node","shards":[{"shard","voters":[...]}]}
 //! error   {"error":{"code","class","message"}}, plus "resource" and the command's boolean
 //!         (false) when the command names a lock
 //! ```
@@ -56,6 +58,7 @@ impl Exit {
         match error {
             Error::InvalidRequest(_) => Exit::Usage,
             Error::Connect { .. } => Exit::CannotConnect,
+            Error::MembershipIncomplete { source, .. } => Exit::for_error(source),
             _ => Exit::Failed,
         }
     }
@@ -175,6 +178,19 @@ struct InfoJson<'a> {
     shard_count: u16,
     limits: LimitsJson,
     stats: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct MembersJson<'a> {
+    action: &'a str,
+    node: u64,
+    shards: Vec<ShardVotersJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct ShardVotersJson<'a> {
+    shard: u16,
+    voters: &'a [u64],
 }
 
 /// `{"resource", "<flag>": false, "error": {...}}`, the first two only with a subject.
@@ -400,6 +416,33 @@ impl Output {
     /// Each shard's Raft state on one node: a table, or one JSON object.
     pub fn cluster_status(&self, status: &ClusterStatus) -> Exit {
         self.emit(status, || status.table());
+        Exit::Done
+    }
+
+    /// A membership change of every shard: each shard's voters once it was committed.
+    /// `action` is `add` or `remove`.
+    pub fn members(&self, action: &str, node: u64, shards: &[(u16, Vec<u64>)]) -> Exit {
+        let json = MembersJson {
+            action,
+            node,
+            shards: shards
+                .iter()
+                .map(|(shard, voters)| ShardVotersJson {
+                    shard: *shard,
+                    voters,
+                })
+                .collect(),
+        };
+        self.emit(&json, || {
+            let lines: Vec<String> = shards
+                .iter()
+                .map(|(shard, voters)| {
+                    let voters: Vec<String> = voters.iter().map(u64::to_string).collect();
+                    format!("shard {shard}: voters {}", voters.join(","))
+                })
+                .collect();
+            lines.join("\n")
+        });
         Exit::Done
     }
 
