@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
+use crate::peer::PeerAddress;
+
 /// kahu-server: a lock service with leases and fencing tokens.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kahu-server", version, about, long_about = None)]
@@ -147,17 +149,17 @@ impl Config {
     }
 
     /// The founding nodes from `--peers`, this one included; empty for a single node.
-    pub fn cluster_nodes(&self) -> Result<BTreeMap<u64, NodeAddress>, ConfigError> {
+    pub fn cluster_nodes(&self) -> Result<BTreeMap<u64, PeerAddress>, ConfigError> {
         parse_peers(&self.peers)
     }
 
     /// The cluster id as the peer handshake carries it: a stable 128-bit hash of the name
     /// and of every founding node with its addresses, so that nodes started with different
     /// `--peers` lists (whose majorities need not overlap) refuse to talk to each other.
-    pub fn cluster_id_hash(&self, nodes: &BTreeMap<u64, NodeAddress>) -> u128 {
+    pub fn cluster_id_hash(&self, nodes: &BTreeMap<u64, PeerAddress>) -> u128 {
         let mut identity = self.cluster_id.clone();
         for (id, address) in nodes {
-            identity.push_str(&format!("|{id}={}/{}", address.peer, address.client));
+            identity.push_str(&format!("|{id}={address}"));
         }
         xxhash_rust::xxh3::xxh3_128(identity.as_bytes())
     }
@@ -263,17 +265,9 @@ impl Config {
     }
 }
 
-/// Where one node of a cluster is reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeAddress {
-    /// Where it listens for the other nodes.
-    pub peer: SocketAddr,
-    /// What clients are told to use when it leads.
-    pub client: String,
-}
-
-/// Parses `ID=PEER_ADDR/CLIENT_ADDR,...`.
-fn parse_peers(text: &str) -> Result<BTreeMap<u64, NodeAddress>, ConfigError> {
+/// Parses `ID=PEER_ADDR/CLIENT_ADDR,...`; each address by [`PeerAddress::parse`], the
+/// notation's one parser.
+fn parse_peers(text: &str) -> Result<BTreeMap<u64, PeerAddress>, ConfigError> {
     let mut nodes = BTreeMap::new();
     for item in text
         .split(',')
@@ -285,28 +279,14 @@ fn parse_peers(text: &str) -> Result<BTreeMap<u64, NodeAddress>, ConfigError> {
                 "--peers item `{item}`: {why}; expected ID=PEER_ADDR/CLIENT_ADDR, e.g. 1=127.0.0.1:9001/127.0.0.1:8001"
             ))
         };
-        let (id, addresses) = item.split_once('=').ok_or_else(|| bad("no `=`"))?;
+        let (id, address) = item.split_once('=').ok_or_else(|| bad("no `=`"))?;
         let id: u64 = id
             .trim()
             .parse()
             .ok()
             .filter(|&id| id >= 1)
             .ok_or_else(|| bad("the id is not a number of 1 or more"))?;
-        let (peer, client) = addresses
-            .split_once('/')
-            .ok_or_else(|| bad("no `/` between the peer and the client address"))?;
-        let peer: SocketAddr = peer
-            .trim()
-            .parse()
-            .map_err(|_| bad("the peer address is not HOST:PORT with a numeric host"))?;
-        let client = client.trim();
-        if client.is_empty() {
-            return Err(bad("the client address is empty"));
-        }
-        let address = NodeAddress {
-            peer,
-            client: client.to_string(),
-        };
+        let address = PeerAddress::parse(address.trim()).map_err(|why| bad(&why))?;
         if nodes.insert(id, address).is_some() {
             return Err(bad("this id is listed twice"));
         }
@@ -358,7 +338,13 @@ mod tests {
             ("1=127.0.0.1:9001", "no `/`"),
             ("x=127.0.0.1:9001/a:1", "not a number"),
             ("0=127.0.0.1:9001/a:1", "not a number"),
-            ("1=nowhere/a:1", "peer address"),
+            ("1=nowhere/a:1", "the peer address `nowhere` is not IP:PORT"),
+            ("1=127.0.0.1:9001/", "the client address is empty"),
+            (
+                "1=127.0.0.1:9001/a:b",
+                "the client address `a:b` is not HOST:PORT",
+            ),
+            ("1=127.0.0.1:9001/a b:1", "contains ' '"),
             ("1=127.0.0.1:9001/a:1,1=127.0.0.1:9002/b:1", "listed twice"),
             ("3=127.0.0.1:9003/c:1", "does not name this node"),
         ] {

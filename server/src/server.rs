@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::net;
-use crate::peer::transport::{PeerAddress, PeerConfig, PeerNetwork, RunningPeers};
+use crate::peer::transport::{PeerConfig, PeerNetwork, RunningPeers};
 use crate::raft::Membership;
 use crate::shard::{NoPeers, PeerOutbox, ShardSet, ShardSettings, StartError};
 use crate::wal::storage::{FileStorage, Storage};
@@ -124,19 +124,15 @@ impl Server {
             let peers = nodes
                 .iter()
                 .filter(|(&id, _)| id != config.node_id)
-                .map(|(&id, address)| {
-                    let address = PeerAddress {
-                        peer: address.peer,
-                        client: address.client.clone(),
-                    };
-                    (id, address)
-                })
+                .map(|(&id, address)| (id, address.clone()))
                 .collect();
+            let advertise = nodes[&config.node_id].clone();
             let peer_config = PeerConfig {
                 node_id: config.node_id,
                 cluster_id: config.cluster_id_hash(&nodes),
                 shard_count: shard_count as u16,
-                listen: config.peer_listen.unwrap_or(nodes[&config.node_id].peer),
+                listen: config.peer_listen.unwrap_or(advertise.peer),
+                advertise,
                 peers,
             };
             peer_config
@@ -193,7 +189,7 @@ impl Server {
             shutdown,
         });
         let peers = match network {
-            Some(network) => Some(start_peers(network, &shared, founders.clone()).await?),
+            Some(network) => Some(start_peers(network, &shared).await?),
             None => None,
         };
         let tracker = TaskTracker::new();
@@ -275,13 +271,14 @@ impl RunningServer {
     }
 }
 
-/// Starts the peer connections, delivering what arrives to the shards. Only the nodes
-/// named in `--peers` are heard (the handshake has already refused other clusters and
-/// other founders).
+/// Starts the peer connections, delivering what arrives to the shards. Every node whose
+/// handshake was accepted is heard, founder or not: the handshake's cluster id (a hash of
+/// the name and the founders' list) keeps out other clusters, and a node added at run time
+/// must be heard before this node has seen the membership that adds it. What a node that
+/// is not a voter may not do, the Raft core ignores.
 async fn start_peers(
     network: PeerNetwork,
     shared: &Arc<Shared>,
-    nodes: Vec<u64>,
 ) -> Result<RunningPeers, ServerError> {
     let deliver_to = shared.clone();
     let unreachable_to = shared.clone();
@@ -289,14 +286,7 @@ async fn start_peers(
     network
         .start(
             Arc::new(move |shard, message| {
-                if nodes.contains(&message.from) {
-                    deliver_to.shards.deliver_peer(usize::from(shard), message);
-                } else {
-                    tracing::warn!(
-                        from = message.from,
-                        "dropped a message from a node not in --peers"
-                    );
-                }
+                deliver_to.shards.deliver_peer(usize::from(shard), message);
             }),
             Arc::new(move |node| unreachable_to.shards.peer_unreachable(node)),
         )

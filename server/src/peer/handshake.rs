@@ -1,23 +1,33 @@
-//! The handshake: who a peer is, and whether it belongs to this cluster.
+//! The handshake: who a peer is, whether it belongs to this cluster, and where it is reached.
 //!
 //! ```text
 //! HANDSHAKE and HANDSHAKE_ACCEPTED body
 //! offset size field
-//!      0    8 magic        "KAHUPEER" (4b 41 48 55 50 45 45 52)
-//!      8    2 version      u16, the peer protocol version: 1
-//!     10    2 shard_count  u16, shards (Raft groups) per node, fixed at cluster creation
-//!     12    8 node_id      u64, the sender's node id, never 0
-//!     20   16 cluster_id   u128, chosen when the cluster was created
-//!     36    - (later versions may append fields; this version ignores them)
+//!      0    8 magic           "KAHUPEER" (4b 41 48 55 50 45 45 52)
+//!      8    2 version         u16, the peer protocol version: 2
+//!     10    2 shard_count     u16, shards (Raft groups) per node, fixed at cluster creation
+//!     12    8 node_id         u64, the sender's node id, never 0
+//!     20   16 cluster_id      u128, chosen when the cluster was created
+//!     36  2+p peer_address    str16, where the sender's peer port is reached: IP:PORT
+//!   38+p  2+c client_address  str16, what its clients use: HOST:PORT
+//!         (the body ends here)
 //!
 //! HANDSHAKE_REFUSED body
 //!      0    2 reason_len   u16, at most refusal_reason_bytes_max (1024)
 //!      2    n reason       UTF-8, for the refused node's log
 //! ```
 //!
-//! Little-endian. The first 36 bytes keep this layout in every version, so two nodes of
-//! different versions can always read each other's handshake and say which versions
-//! differ. Version 1 accepts only version 1.
+//! Little-endian. `str16` is a u16 length, then that many bytes of UTF-8; each address is
+//! at most [`NODE_ADDRESS_BYTES_MAX`] bytes and must read as a [`PeerAddress`] (the
+//! `PEER_ADDR/CLIENT_ADDR` notation's two parts), or the frame is malformed.
+//!
+//! The first 36 bytes keep this layout in every version, so two nodes of different
+//! versions can always read each other's handshake and say which versions differ. A body
+//! of another version is read up to byte 36 only (its later fields are not this version's
+//! to read) and refused by [`Handshake::check`] for its version; a version 2 body is read
+//! exactly, trailing bytes are an error. Version 2 accepts only version 2. Version 1 had
+//! no addresses: version 2 added them so that a node can open a link back to a node it
+//! has no address for (one added to the cluster at run time).
 //!
 //! The rules ([`Handshake::check`], in this order): the versions are equal; the cluster ids
 //! are equal (a node created for another cluster, or wiped and re-created, must not vote
@@ -28,25 +38,34 @@
 use bytes::{BufMut, BytesMut};
 
 use super::reader::Reader;
+use super::transport::{check_client_address, parse_peer_address, PeerAddress};
 use super::PeerError;
 use crate::raft::NodeId;
 
 /// The peer protocol version this build speaks.
-pub const PEER_PROTOCOL_VERSION: u16 = 1;
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
 /// First bytes of every handshake body.
 pub const HANDSHAKE_MAGIC: &[u8; 8] = b"KAHUPEER";
-/// Bytes of a version 1 handshake body.
+/// Bytes of a handshake body before its version's own fields: the same in every version.
 pub const HANDSHAKE_BYTES: usize = 36;
+/// Longest address in a handshake, each of the peer and the client address (and so the
+/// longest client address a node may have). 255 bytes holds any IP:PORT and any DNS name
+/// with a port.
+pub const NODE_ADDRESS_BYTES_MAX: usize = 255;
 /// Longest refusal reason; longer ones are cut at a character boundary.
 pub const REFUSAL_REASON_BYTES_MAX: usize = 1024;
 
 /// What a node says about itself when a peer connection opens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Handshake {
     pub version: u16,
     pub cluster_id: u128,
     pub shard_count: u16,
     pub node_id: NodeId,
+    /// Where the sender is reached, as it advertises itself. `None` only in a handshake of
+    /// another version, whose fields past the first [`HANDSHAKE_BYTES`] are not read (and
+    /// which [`Handshake::check`] refuses).
+    pub address: Option<PeerAddress>,
 }
 
 /// Why a peer is refused. Each message names both nodes and both values, so it reads the
@@ -95,15 +114,28 @@ pub enum HandshakeError {
 }
 
 impl Handshake {
-    /// This node's handshake, in this build's protocol version.
-    pub fn new(cluster_id: u128, shard_count: u16, node_id: NodeId) -> Handshake {
+    /// This node's handshake, in this build's protocol version, advertising `address`.
+    ///
+    /// Panics if `address` fails [`PeerAddress::check`] ([`PeerConfig::validate`] checks it).
+    ///
+    /// [`PeerConfig::validate`]: super::PeerConfig::validate
+    pub fn new(
+        cluster_id: u128,
+        shard_count: u16,
+        node_id: NodeId,
+        address: PeerAddress,
+    ) -> Handshake {
         assert!(node_id != 0, "node id 0 is reserved");
         assert!(shard_count >= 1, "a cluster has at least one shard");
+        if let Err(error) = address.check() {
+            panic!("node {node_id} advertises address {address}: {error}");
+        }
         Handshake {
             version: PEER_PROTOCOL_VERSION,
             cluster_id,
             shard_count,
             node_id,
+            address: Some(address),
         }
     }
 
@@ -144,27 +176,80 @@ impl Handshake {
         Ok(())
     }
 
+    /// Writes the body: the first [`HANDSHAKE_BYTES`], then the address when there is one
+    /// (a handshake without one is another version's, which only tests build).
     pub(super) fn encode(&self, dst: &mut BytesMut) {
         dst.put_slice(HANDSHAKE_MAGIC);
         dst.put_u16_le(self.version);
         dst.put_u16_le(self.shard_count);
         dst.put_u64_le(self.node_id);
         dst.put_u128_le(self.cluster_id);
+        if let Some(address) = &self.address {
+            put_str16(dst, &address.peer.to_string());
+            put_str16(dst, &address.client);
+        }
     }
 
-    /// Reads the first [`HANDSHAKE_BYTES`] of a body; bytes after them are a later
-    /// version's fields and are ignored.
+    /// Reads a body: the first [`HANDSHAKE_BYTES`], then, in this version only, the
+    /// address, to the body's end. Another version's body is read no further.
     pub(super) fn decode(reader: &mut Reader) -> Result<Handshake, PeerError> {
         if reader.bytes(HANDSHAKE_MAGIC.len(), "magic")?[..] != HANDSHAKE_MAGIC[..] {
             return Err(reader.malformed("the handshake does not start with \"KAHUPEER\""));
         }
-        Ok(Handshake {
+        let mut handshake = Handshake {
             version: reader.u16("version")?,
             shard_count: reader.u16("shard_count")?,
             node_id: reader.u64("node_id")?,
             cluster_id: reader.u128("cluster_id")?,
-        })
+            address: None,
+        };
+        if handshake.version != PEER_PROTOCOL_VERSION {
+            return Ok(handshake);
+        }
+        let peer = read_str16(
+            reader,
+            "peer_address",
+            NODE_ADDRESS_BYTES_MAX,
+            "node_address_bytes_max",
+        )?;
+        let peer = parse_peer_address(&peer).map_err(|error| reader.malformed(error))?;
+        let client = read_str16(
+            reader,
+            "client_address",
+            NODE_ADDRESS_BYTES_MAX,
+            "node_address_bytes_max",
+        )?;
+        check_client_address(&client).map_err(|error| reader.malformed(error))?;
+        reader.finish()?;
+        handshake.address = Some(PeerAddress { peer, client });
+        Ok(handshake)
     }
+}
+
+/// Writes a `str16`. The caller keeps it within its limit (and so within a u16).
+fn put_str16(dst: &mut BytesMut, text: &str) {
+    assert!(text.len() <= NODE_ADDRESS_BYTES_MAX.max(REFUSAL_REASON_BYTES_MAX));
+    dst.put_u16_le(text.len() as u16);
+    dst.put_slice(text.as_bytes());
+}
+
+/// Reads a `str16` of at most `bytes_max` bytes (named `limit` in the error), checking the
+/// length before reading the text.
+fn read_str16(
+    reader: &mut Reader,
+    field: &'static str,
+    bytes_max: usize,
+    limit: &str,
+) -> Result<String, PeerError> {
+    let length = reader.u16(field)? as usize;
+    if length > bytes_max {
+        return Err(reader.malformed(format!(
+            "{field} of {length} bytes exceeds {limit} ({bytes_max})"
+        )));
+    }
+    let text = reader.bytes(length, field)?;
+    String::from_utf8(text.to_vec())
+        .map_err(|_| reader.malformed(format!("field `{field}` is not UTF-8")))
 }
 
 /// Writes a HANDSHAKE_REFUSED body, cutting `reason` to [`REFUSAL_REASON_BYTES_MAX`].
@@ -173,17 +258,14 @@ pub(super) fn encode_refusal(reason: &str, dst: &mut BytesMut) {
     while !reason.is_char_boundary(length) {
         length -= 1;
     }
-    dst.put_u16_le(length as u16);
-    dst.put_slice(&reason.as_bytes()[..length]);
+    put_str16(dst, &reason[..length]);
 }
 
 pub(super) fn decode_refusal(reader: &mut Reader) -> Result<String, PeerError> {
-    let length = reader.u16("reason_len")? as usize;
-    if length > REFUSAL_REASON_BYTES_MAX {
-        return Err(reader.malformed(format!(
-            "reason of {length} bytes exceeds refusal_reason_bytes_max ({REFUSAL_REASON_BYTES_MAX})"
-        )));
-    }
-    let reason = reader.bytes(length, "reason")?;
-    String::from_utf8(reason.to_vec()).map_err(|_| reader.malformed("the reason is not UTF-8"))
+    read_str16(
+        reader,
+        "reason",
+        REFUSAL_REASON_BYTES_MAX,
+        "refusal_reason_bytes_max",
+    )
 }

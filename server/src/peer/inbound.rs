@@ -13,6 +13,10 @@
 //! connection this side has not noticed yet) replaces its older connection, which is
 //! closed. An inbound connection is never written after the handshake, so without this a
 //! connection whose peer vanished without a reset would stay open forever.
+//!
+//! An accepted handshake tells the outbox where its node is ([`PeerOutboxHandle::learn`]):
+//! a node this node has no link to (one added at run time, whose membership this node has
+//! not seen yet) gets one, at the address it advertised, so that it can be answered.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,13 +33,15 @@ use super::transport::{
     Deliver, LinkError, PeerCounters, PEER_CONNECTIONS_INBOUND_MAX, PEER_HANDSHAKE_TIMEOUT,
     PEER_RECONNECT_DELAY_MIN,
 };
-use super::{Handshake, PeerCodec, PeerError, PeerFrame, ShardMessage};
+use super::{Handshake, PeerCodec, PeerError, PeerFrame, PeerOutboxHandle, ShardMessage};
 use crate::raft::NodeId;
 
 /// What every inbound connection task shares.
 pub(super) struct Inbound {
     local: Handshake,
     deliver: Deliver,
+    /// Told each accepted node's advertised address.
+    outbox: Arc<PeerOutboxHandle>,
     counters: Arc<PeerCounters>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -48,6 +54,7 @@ impl Inbound {
     pub(super) fn new(
         local: Handshake,
         deliver: Deliver,
+        outbox: Arc<PeerOutboxHandle>,
         counters: Arc<PeerCounters>,
         tracker: TaskTracker,
         cancel: CancellationToken,
@@ -55,6 +62,7 @@ impl Inbound {
         Arc::new(Inbound {
             local,
             deliver,
+            outbox,
             counters,
             tracker,
             cancel,
@@ -105,7 +113,12 @@ impl Inbound {
         };
         match handshake {
             None => {}
-            Some(Ok(node)) => self.read_batches(framed, node, address).await,
+            Some(Ok(remote)) => {
+                if let Some(advertised) = remote.address {
+                    self.outbox.learn(remote.node_id, advertised);
+                }
+                self.read_batches(framed, remote.node_id, address).await;
+            }
             Some(Err(error)) => {
                 tracing::warn!(%address, %error, "refused a peer connection at its handshake");
             }
@@ -115,11 +128,11 @@ impl Inbound {
             .fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Reads and answers the HANDSHAKE; the peer's node id if it was accepted.
+    /// Reads and answers the HANDSHAKE; the peer's handshake if it was accepted.
     async fn handshake(
         &self,
         framed: &mut Framed<TcpStream, PeerCodec>,
-    ) -> Result<NodeId, LinkError> {
+    ) -> Result<Handshake, LinkError> {
         let remote = match framed.next().await {
             Some(Ok(PeerFrame::Handshake(remote))) => remote,
             Some(Ok(frame)) => {
@@ -139,9 +152,9 @@ impl Inbound {
             return Err(PeerError::from(error).into());
         }
         framed
-            .send(PeerFrame::HandshakeAccepted(self.local))
+            .send(PeerFrame::HandshakeAccepted(self.local.clone()))
             .await?;
-        Ok(remote.node_id)
+        Ok(remote)
     }
 
     /// Delivers what `node` sends until the connection ends, fails a check, is replaced or

@@ -6,8 +6,9 @@
 //! cluster, then batches of Raft messages, each tagged with the shard (Raft group) it is
 //! for. The byte code is pure, like [`kahu_protocol`]'s codecs: [`PeerCodec`] works on
 //! buffers. The connections that carry the frames are [`transport`]'s ([`PeerNetwork`]):
-//! one outbound connection per other node, on which this node sends, and the connections
-//! it accepted, on which it receives.
+//! one outbound connection per linked node, on which this node sends, and the connections
+//! it accepted, on which it receives. The set of links changes at run time, with the
+//! shards' memberships ([`outbox`](PeerOutboxHandle)).
 //!
 //! Why batches: a shard worker drains its queue and produces one round of messages per
 //! loop turn; a node runs many shards, and their messages to one peer go out as one frame
@@ -31,8 +32,9 @@
 //!
 //! # Bodies
 //! ```text
-//! HANDSHAKE, HANDSHAKE_ACCEPTED  see [`handshake`]: magic "KAHUPEER" | version u16 |
-//!                                shard_count u16 | node_id u64 | cluster_id u128
+//! HANDSHAKE, HANDSHAKE_ACCEPTED  see [`handshake`]: magic "KAHUPEER" | version u16 (2) |
+//!                                shard_count u16 | node_id u64 | cluster_id u128 |
+//!                                peer_address str16 | client_address str16
 //! HANDSHAKE_REFUSED              reason_len u16 | reason (UTF-8)
 //! BATCH                          count u32 | count x (shard u16 | message)
 //! message                        see [`message`]: from u64 | to u64 | term u64 | type u8 | fields
@@ -45,7 +47,9 @@
 //! HANDSHAKE_ACCEPTED with its own identity, or HANDSHAKE_REFUSED with the reason and
 //! closes. The connecting node checks the accepted identity the same way. Only then do
 //! BATCH frames flow, from the connecting node to the accepting node only: each direction
-//! between two nodes has its own connection.
+//! between two nodes has its own connection. Each handshake advertises where its sender is
+//! reached (`PEER_ADDR/CLIENT_ADDR`, [`PeerAddress`]), so the accepting node can link back
+//! to a node it has no address for.
 //!
 //! # Invariants
 //! - Decoding never panics and never allocates more than the frame's checked length:
@@ -54,8 +58,11 @@
 //! - Partial input is `Ok(None)`; anything that is not a well-formed frame is an error, and
 //!   the connection cannot be trusted past it (no resynchronisation on a peer link).
 //! - A BATCH body is read exactly: trailing bytes are an error, since both ends agreed the
-//!   version. A handshake body may have trailing bytes, so a later version can append
-//!   fields while keeping the first 36 bytes readable by every version.
+//!   version. So is a handshake body of this version; one of another version is read up
+//!   to its first 36 bytes only, which keep their layout in every version, so that the
+//!   version check can name both versions.
+//! - Every address a node sends or accepts reads back in the `PEER_ADDR/CLIENT_ADDR`
+//!   notation ([`PeerAddress::parse`]), within `node_address_bytes_max`.
 
 pub mod codec;
 pub mod frame;
@@ -72,7 +79,10 @@ mod tests;
 
 pub use codec::PeerCodec;
 pub use frame::{FrameKind, PeerFrame, PEER_FRAME_BYTES_MAX, PEER_HEADER_BYTES, PEER_MAGIC};
-pub use handshake::{Handshake, HandshakeError, PEER_PROTOCOL_VERSION, REFUSAL_REASON_BYTES_MAX};
+pub use handshake::{
+    Handshake, HandshakeError, NODE_ADDRESS_BYTES_MAX, PEER_PROTOCOL_VERSION,
+    REFUSAL_REASON_BYTES_MAX,
+};
 pub use message::{decode_message, encode_message, message_bytes, ShardId, ShardMessage};
 pub use outbox::PeerOutboxHandle;
 pub use transport::{

@@ -1,11 +1,17 @@
 //! One node's outbound connection: connect, handshake, then write what the shards queue.
 //!
-//! A task per peer node runs [`Outbound::run`]: it connects (retrying with a doubling
-//! delay), sends HANDSHAKE and checks the answer, then loops: wait for queued messages,
-//! drain everything queued, cut it into as few BATCH frames as fit
-//! ([`split_into_batches`]), write them. The connection carries no frames back; the task
-//! reads it only to notice the peer closing or breaking it. When the connection is lost it
-//! drops what is queued, calls `unreachable` once and connects again.
+//! A task per link runs [`Outbound::run`]: it connects (retrying with a doubling delay),
+//! sends HANDSHAKE and checks the answer, then loops: wait for queued messages, drain
+//! everything queued, cut it into as few BATCH frames as fit ([`split_into_batches`]),
+//! write them. The connection carries no frames back; the task reads it only to notice the
+//! peer closing or breaking it. When the connection is lost it drops what is queued, calls
+//! `unreachable` once and connects again.
+//!
+//! The task ends when the transport shuts down or when its link is closed (the outbox
+//! dropped the queue's sending side: the node left the cluster, or has a new address). It
+//! watches the queue for that while connecting and waiting too, dropping (and counting)
+//! any message that raced a disconnect. A closed link's queued messages are written first;
+//! then the connection is closed, and `unreachable` is not called.
 //!
 //! A failed attempt is logged at warn when its error differs from the attempt before it,
 //! else at debug, so a node that stays down (or keeps refusing) is said once, not every
@@ -20,6 +26,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +73,8 @@ impl Outbound {
         }
     }
 
-    /// Connects, serves and reconnects until the transport shuts down.
+    /// Connects, serves and reconnects until the transport shuts down or the link is
+    /// closed.
     pub(super) async fn run(mut self) {
         let (node, address) = (self.link.node, self.link.address);
         let mut delay = PEER_RECONNECT_DELAY_MIN;
@@ -75,7 +83,10 @@ impl Outbound {
             let attempt = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return,
-                attempt = connect(address, node, self.local) => attempt,
+                () = closed(&mut self.link.queue, &self.counters) => {
+                    return link_closed(node, address);
+                }
+                attempt = connect(address, node, &self.local) => attempt,
             };
             match attempt {
                 Ok(connection) => {
@@ -85,6 +96,9 @@ impl Outbound {
                     let lost = self.serve(connection).await;
                     self.disconnected();
                     let Some(error) = lost else {
+                        if !self.cancel.is_cancelled() {
+                            link_closed(node, address);
+                        }
                         return;
                     };
                     tracing::warn!(node, %address, %error, "lost the connection to peer; reconnecting");
@@ -103,14 +117,17 @@ impl Outbound {
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return,
+                () = closed(&mut self.link.queue, &self.counters) => {
+                    return link_closed(node, address);
+                }
                 () = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(PEER_RECONNECT_DELAY_MAX);
         }
     }
 
-    /// Writes queued messages until the connection fails (the error) or the transport
-    /// shuts down (`None`).
+    /// Writes queued messages until the connection fails (the error), the transport shuts
+    /// down or the link is closed (`None`).
     async fn serve(&mut self, connection: Connection) -> Option<LinkError> {
         let Connection {
             mut reader,
@@ -127,7 +144,7 @@ impl Outbound {
                 frame = reader.next() => return Some(ended_by_peer(frame)),
                 received = self.link.queue.recv_many(&mut batch, PEER_QUEUE_MESSAGES_MAX) => {
                     if received == 0 {
-                        return None; // the outbox is gone: nothing will be sent again
+                        return None; // the link is closed: nothing will be queued again
                     }
                 }
             }
@@ -163,11 +180,23 @@ impl Outbound {
     }
 }
 
+/// Resolves once the link's queue is closed (the outbox dropped its sending side). Messages
+/// that arrive meanwhile raced a disconnect: they are dropped and counted.
+async fn closed(queue: &mut mpsc::Receiver<ShardMessage>, counters: &PeerCounters) {
+    while queue.recv().await.is_some() {
+        PeerCounters::add(&counters.messages_dropped_total, 1);
+    }
+}
+
+fn link_closed(node: NodeId, address: SocketAddr) {
+    tracing::info!(node, %address, "the link to peer was closed; its connection too");
+}
+
 /// Connects to `node` at `address` and handshakes, within [`PEER_HANDSHAKE_TIMEOUT`].
 async fn connect(
     address: SocketAddr,
     node: NodeId,
-    local: Handshake,
+    local: &Handshake,
 ) -> Result<Connection, LinkError> {
     match tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake(address, node, local)).await {
         Ok(result) => result,
@@ -178,14 +207,14 @@ async fn connect(
 async fn handshake(
     address: SocketAddr,
     node: NodeId,
-    local: Handshake,
+    local: &Handshake,
 ) -> Result<Connection, LinkError> {
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
     let (read, mut writer) = stream.into_split();
     let mut reader = FramedRead::new(read, PeerCodec::default());
     let mut bytes = BytesMut::new();
-    PeerFrame::Handshake(local).encode(&mut bytes)?;
+    PeerFrame::Handshake(local.clone()).encode(&mut bytes)?;
     writer.write_all(&bytes).await?;
     match reader.next().await {
         Some(Ok(PeerFrame::HandshakeAccepted(remote))) => {

@@ -119,7 +119,7 @@ impl Reader {
     }
 
     /// Ends a body that must be read exactly.
-    pub(super) fn finish(self) -> Result<(), PeerError> {
+    pub(super) fn finish(&self) -> Result<(), PeerError> {
         if self.remaining() != 0 {
             return Err(self.malformed(format!("{} bytes after the last field", self.remaining())));
         }

@@ -2,46 +2,70 @@
 //!
 //! What: [`PeerNetwork::new`] makes the [`PeerOutboxHandle`] the shards send through (before
 //! any IO, since the shards start first and need it); [`PeerNetwork::start`] binds the peer
-//! port, accepts the other nodes' connections and opens one to each of them;
+//! port, accepts the other nodes' connections and opens one to each linked node;
 //! [`RunningPeers::shutdown`] stops all of it.
+//!
+//! # Links
+//! A *link* is this node's way to send to one other node: a queue in the outbox and an
+//! outbound task. The set of links is not fixed: the founders (`PeerConfig::peers`) are the
+//! first; the outbox opens one for each voter a shard's membership adds
+//! ([`PeerOutbox::members_changed`]) and for each node that handshakes without having one
+//! (at the address it advertised), and closes the link of a node that is a voter of no
+//! shard any more (see `outbox.rs` for the rules). An opened link reaches the running
+//! transport through an unbounded channel, on which a task started by
+//! [`PeerNetwork::start_with`] spawns its outbound task; links opened before the start wait
+//! in the channel. A closed link's task sees its queue closed, writes what was queued,
+//! closes its connection and ends; a new address for a node is a close and an open.
 //!
 //! # Connections
 //! Each node sends on connections it opened and receives on connections it accepted, so
 //! between two nodes there are two TCP connections, one per direction:
-//! - **Outbound** (`outbound.rs`): one per other node, carrying the messages of every
-//!   shard to that node. A task connects (retrying after [`PEER_RECONNECT_DELAY_MIN`],
-//!   doubling up to [`PEER_RECONNECT_DELAY_MAX`]), sends HANDSHAKE and checks the answer, then
-//!   loops: wait for queued messages, drain everything queued, write it as BATCH frames (as
-//!   few as fit in `peer_frame_bytes_max`; one InstallSnapshot may fill a frame alone). It
-//!   never reads a BATCH: it reads only to notice the peer closing or breaking the connection.
+//! - **Outbound** (`outbound.rs`): one per link, carrying the messages of every shard to
+//!   that node. A task connects (retrying after [`PEER_RECONNECT_DELAY_MIN`], doubling up
+//!   to [`PEER_RECONNECT_DELAY_MAX`]), sends HANDSHAKE and checks the answer, then loops:
+//!   wait for queued messages, drain everything queued, write it as BATCH frames (as few as
+//!   fit in `peer_frame_bytes_max`; one InstallSnapshot may fill a frame alone). It never
+//!   reads a BATCH: it reads only to notice the peer closing or breaking the connection. It
+//!   ends when its link is closed or the transport shuts down.
 //! - **Inbound** (`inbound.rs`): the accepting node checks the HANDSHAKE
 //!   ([`Handshake::check`]), answers HANDSHAKE_ACCEPTED or HANDSHAKE_REFUSED (logged at
-//!   warn with the reason), then only reads BATCH frames and hands each message to
-//!   `deliver`. A frame with a message for a shard past the shard count, from another node
-//!   than the handshaken one, or to another node than this one closes the connection
-//!   (logged at warn) and none of its messages is delivered. A node keeps one inbound
-//!   connection per peer node: a new accepted handshake from a node closes the older one.
+//!   warn with the reason), tells the outbox the address the peer advertised, then only
+//!   reads BATCH frames and hands each message to `deliver`. Any node of the cluster (same
+//!   cluster id and shard count) is heard, linked or not. A frame with a message for a
+//!   shard past the shard count, from another node than the handshaken one, or to another
+//!   node than this one closes the connection (logged at warn) and none of its messages is
+//!   delivered. A node keeps one inbound connection per peer node: a new accepted handshake
+//!   from a node closes the older one.
 //!
 //! # Drops
-//! The outbox never blocks a shard: each peer node has a queue of at most
+//! The outbox never blocks a shard: each linked node has a queue of at most
 //! [`PEER_QUEUE_MESSAGES_MAX`] messages, and a message is dropped (and counted in
-//! `peer_messages_dropped_total`) when that queue is full, when the node is not connected,
-//! when its connection fails with the message queued or unwritten, and when the message is
-//! too large for any frame. Raft already resends what is lost (heartbeats, append retries,
-//! probes), so a drop costs time, not safety. So that a leader does not wait on appends it
-//! believes are in flight, `unreachable(node)` is called once per lost connection and once
-//! per burst of drops at a full queue; the shard then probes that node again.
+//! `peer_messages_dropped_total`) when that queue is full, when the node has no link or is
+//! not connected, when its connection fails with the message queued or unwritten, and when
+//! the message is too large for any frame. Raft already resends what is lost (heartbeats,
+//! append retries, probes), so a drop costs time, not safety. So that a leader does not
+//! wait on appends it believes are in flight, `unreachable(node)` is called once per lost
+//! connection and once per burst of drops at a full queue; the shard then probes that node
+//! again. A closed link is not a lost connection: `unreachable` is not called for it.
 //!
 //! # Invariants
 //! - Messages of one shard to one node arrive in the order that shard sent them, or not at
-//!   all: one connection per direction, a FIFO queue, frames cut in order.
+//!   all: one connection per direction and link, a FIFO queue, frames cut in order. (While
+//!   a node is relinked at a new address, its old and new connections may overlap; Raft
+//!   accepts reordered messages as it accepts late ones.)
 //! - Nothing reaches `deliver` before the sender's handshake was accepted, and every
 //!   delivered message names the handshaken node as `from`, this node as `to`, and a shard
 //!   below the shard count.
+//! - At most one link per node, and none to this node; a node that was a voter and is a
+//!   voter of no shard has none (until a membership names it again). A closed link's task
+//!   may outlive it briefly, writing what was queued, but nothing is queued to it again.
 //! - Every wait has a bound: connecting and handshaking ([`PEER_HANDSHAKE_TIMEOUT`]), writing
 //!   a frame ([`write_timeout`]), the reconnect delay.
+//!
+//! [`PeerOutbox::members_changed`]: crate::shard::PeerOutbox::members_changed
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,13 +73,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::inbound::Inbound;
 use super::outbound::Outbound;
 use super::outbox::{Link, PeerOutboxHandle};
-use super::{Handshake, PeerError, ShardId};
+use super::{Handshake, PeerError, ShardId, NODE_ADDRESS_BYTES_MAX};
 use crate::raft::{Message, NodeId};
 use crate::wal::record::Command;
 
@@ -89,13 +114,82 @@ pub fn write_timeout(bytes: usize) -> Duration {
         + Duration::from_millis(bytes as u64 * 1000 / PEER_WRITE_BYTES_PER_SECOND_MIN)
 }
 
-/// Where another node of the cluster is reached.
+/// Where a node of the cluster is reached, written `PEER_ADDR/CLIENT_ADDR`, e.g.
+/// `127.0.0.1:9001/localhost:8001`: in `--peers`, in a membership's addresses (voters added
+/// at run time) and in the handshake. [`PeerAddress::parse`] reads what
+/// [`Display`](fmt::Display) writes: `parse(&address.to_string()) == Ok(address)` for every
+/// address that [`PeerAddress::check`] accepts, which every parsed one is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerAddress {
-    /// That node's peer port.
+    /// That node's peer port: an IP address (not a name) and a port.
     pub peer: SocketAddr,
-    /// The address its clients use, given in NOT_LEADER hints.
+    /// The address its clients use, given in NOT_LEADER hints: `HOST:PORT`, at most
+    /// [`NODE_ADDRESS_BYTES_MAX`] bytes, without whitespace, control characters, `/` or `,`
+    /// (which separate the notation's parts and `--peers` items).
     pub client: String,
+}
+
+impl PeerAddress {
+    /// Reads `PEER_ADDR/CLIENT_ADDR`, exactly (no whitespace around the parts). The error
+    /// says what is wrong; the caller says where the text came from.
+    pub fn parse(text: &str) -> Result<PeerAddress, String> {
+        let (peer, client) = text
+            .split_once('/')
+            .ok_or("no `/` between the peer and the client address")?;
+        let address = PeerAddress {
+            peer: parse_peer_address(peer)?,
+            client: client.to_string(),
+        };
+        address.check()?;
+        Ok(address)
+    }
+
+    /// Whether the address is one [`PeerAddress::parse`] reads back from its text (and so
+    /// one a handshake can carry): the client part is checked, the peer part always is.
+    pub fn check(&self) -> Result<(), String> {
+        check_client_address(&self.client)
+    }
+}
+
+impl fmt::Display for PeerAddress {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}/{}", self.peer, self.client)
+    }
+}
+
+/// Reads the `PEER_ADDR` part of the notation.
+pub(super) fn parse_peer_address(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("the peer address `{text}` is not IP:PORT (a numeric host, e.g. 127.0.0.1:9001)")
+    })
+}
+
+/// Checks the `CLIENT_ADDR` part of the notation.
+pub(super) fn check_client_address(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("the client address is empty".to_string());
+    }
+    if text.len() > NODE_ADDRESS_BYTES_MAX {
+        return Err(format!(
+            "the client address is {} bytes, more than node_address_bytes_max \
+             ({NODE_ADDRESS_BYTES_MAX})",
+            text.len()
+        ));
+    }
+    let separator = |c: char| c.is_whitespace() || c.is_control() || c == '/' || c == ',';
+    if let Some(bad) = text.chars().find(|&c| separator(c)) {
+        return Err(format!(
+            "the client address `{}` contains {bad:?}; whitespace, control characters, `/` and \
+             `,` are not allowed",
+            text.escape_debug()
+        ));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!(
+            "the client address `{text}` is not HOST:PORT (e.g. localhost:8001)"
+        )),
+    }
 }
 
 /// The peer settings of this node.
@@ -109,7 +203,14 @@ pub struct PeerConfig {
     pub shard_count: u16,
     /// Where this node accepts the other nodes' connections.
     pub listen: SocketAddr,
-    /// The other nodes of the cluster (not this one).
+    /// This node's own address, as the other nodes should reach it (its `--peers` entry;
+    /// `listen` may differ, e.g. 0.0.0.0 or behind a proxy). Sent in every handshake.
+    pub advertise: PeerAddress,
+    /// The founders of the cluster other than this node: the first links. Nodes added at
+    /// run time are linked as memberships name them ([`PeerOutbox::members_changed`]) or
+    /// as they connect.
+    ///
+    /// [`PeerOutbox::members_changed`]: crate::shard::PeerOutbox::members_changed
     pub peers: BTreeMap<NodeId, PeerAddress>,
 }
 
@@ -123,6 +224,8 @@ pub enum PeerConfigError {
     PeerIsSelf(NodeId),
     #[error("a peer is listed as node 0, which names no node")]
     PeerIdZero,
+    #[error("the address of node {node}: {reason}")]
+    Address { node: NodeId, reason: String },
 }
 
 impl PeerConfig {
@@ -139,11 +242,22 @@ impl PeerConfig {
         if self.peers.contains_key(&0) {
             return Err(PeerConfigError::PeerIdZero);
         }
+        let addresses = std::iter::once((&self.node_id, &self.advertise)).chain(&self.peers);
+        for (&node, address) in addresses {
+            address
+                .check()
+                .map_err(|reason| PeerConfigError::Address { node, reason })?;
+        }
         Ok(())
     }
 
     pub(super) fn handshake(&self) -> Handshake {
-        Handshake::new(self.cluster_id, self.shard_count, self.node_id)
+        Handshake::new(
+            self.cluster_id,
+            self.shard_count,
+            self.node_id,
+            self.advertise.clone(),
+        )
     }
 }
 
@@ -224,11 +338,13 @@ impl PeerCounters {
     }
 }
 
-/// The transport, made but not started: it owns the receiving ends of the outbox's queues.
+/// The transport, made but not started: it holds the links opened so far (the founders',
+/// and any the shards caused before the start) until it starts their tasks.
 #[derive(Debug)]
 pub struct PeerNetwork {
     config: PeerConfig,
-    links: Vec<Link>,
+    outbox: Arc<PeerOutboxHandle>,
+    opened: mpsc::UnboundedReceiver<Link>,
     counters: Arc<PeerCounters>,
 }
 
@@ -242,13 +358,15 @@ impl PeerNetwork {
             panic!("invalid peer config: {error}");
         }
         let counters = Arc::new(PeerCounters::default());
-        let (outbox, links) = PeerOutboxHandle::new(&config, counters.clone());
+        let (outbox, opened) = PeerOutboxHandle::new(&config, counters.clone());
+        let outbox = Arc::new(outbox);
         let network = PeerNetwork {
             config,
-            links,
+            outbox: outbox.clone(),
+            opened,
             counters,
         };
-        (Arc::new(outbox), network)
+        (outbox, network)
     }
 
     /// The address [`PeerNetwork::start`] binds.
@@ -280,23 +398,22 @@ impl PeerNetwork {
         let tracker = TaskTracker::new();
         let handshake = self.config.handshake();
         let inbound = Inbound::new(
-            handshake,
+            handshake.clone(),
             deliver,
+            self.outbox,
             self.counters.clone(),
             tracker.clone(),
             cancel.clone(),
         );
         tracker.spawn(inbound.accept_loop(listener));
-        for link in self.links {
-            let outbound = Outbound::new(
-                link,
-                handshake,
-                self.counters.clone(),
-                unreachable.clone(),
-                cancel.clone(),
-            );
-            tracker.spawn(outbound.run());
-        }
+        let outbounds = Outbounds {
+            local: handshake,
+            counters: self.counters.clone(),
+            unreachable,
+            tracker: tracker.clone(),
+            cancel: cancel.clone(),
+        };
+        tracker.spawn(outbounds.run(self.opened));
         tracing::info!(
             node = self.config.node_id,
             address = %local_addr,
@@ -309,6 +426,39 @@ impl PeerNetwork {
             tracker,
             counters: self.counters,
         })
+    }
+}
+
+/// What starts an outbound task for each link the outbox opens.
+struct Outbounds {
+    local: Handshake,
+    counters: Arc<PeerCounters>,
+    unreachable: Unreachable,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Outbounds {
+    /// Starts a task per link received, until the transport shuts down.
+    async fn run(self, mut opened: mpsc::UnboundedReceiver<Link>) {
+        loop {
+            let link = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return,
+                link = opened.recv() => link,
+            };
+            let Some(link) = link else {
+                return; // the outbox is gone: no link will be opened again
+            };
+            let outbound = Outbound::new(
+                link,
+                self.local.clone(),
+                self.counters.clone(),
+                self.unreachable.clone(),
+                self.cancel.clone(),
+            );
+            self.tracker.spawn(outbound.run());
+        }
     }
 }
 

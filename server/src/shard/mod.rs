@@ -86,6 +86,9 @@ pub trait PeerOutbox: Send + Sync + std::fmt::Debug {
     fn send(&self, shard: usize, messages: Vec<raft::Message<Command>>);
     /// The client address of `node`, for NOT_LEADER hints.
     fn client_address(&self, node: NodeId) -> Option<String>;
+    /// `shard`'s group now has `membership` (its latest, committed or not). The transport
+    /// keeps a link to every node that is a voter of some shard's latest membership.
+    fn members_changed(&self, shard: usize, membership: &raft::Membership);
 }
 
 /// A single node: its one-voter groups never send anything.
@@ -104,6 +107,8 @@ impl PeerOutbox for NoPeers {
     fn client_address(&self, _node: NodeId) -> Option<String> {
         None
     }
+
+    fn members_changed(&self, _shard: usize, _membership: &raft::Membership) {}
 }
 
 /// A shard's counters, written by its worker once per turn and read by INFO.

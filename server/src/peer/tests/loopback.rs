@@ -58,7 +58,21 @@ impl TestNode {
     }
 }
 
-/// A node's peer settings.
+/// A node's client address in these tests.
+pub(super) fn client_of(node: NodeId) -> String {
+    format!("client-of-{node}:8002")
+}
+
+/// A node's address in these tests: its peer port, and [`client_of`].
+pub(super) fn node_address(node: NodeId, peer: SocketAddr) -> PeerAddress {
+    PeerAddress {
+        peer,
+        client: client_of(node),
+    }
+}
+
+/// A node's peer settings: it advertises `listen`, and knows the founders `peers` (itself
+/// left out).
 pub(super) fn config(
     node_id: NodeId,
     cluster_id: u128,
@@ -69,16 +83,14 @@ pub(super) fn config(
     let peers: BTreeMap<NodeId, PeerAddress> = peers
         .iter()
         .filter(|(id, _)| *id != node_id)
-        .map(|&(id, peer)| {
-            let client = format!("client-of-{id}:8002");
-            (id, PeerAddress { peer, client })
-        })
+        .map(|&(id, peer)| (id, node_address(id, peer)))
         .collect();
     PeerConfig {
         node_id,
         cluster_id,
         shard_count,
         listen,
+        advertise: node_address(node_id, listen),
         peers,
     }
 }

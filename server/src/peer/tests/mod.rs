@@ -3,6 +3,8 @@
 //! handshake rules, and the byte format pinned by a hex dump (also the one in PROTOCOL.md);
 //! then the transport over loopback sockets.
 
+use std::net::SocketAddr;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
@@ -11,10 +13,12 @@ use super::*;
 use crate::raft::{Entry, EntryKind, Membership, Message, MessageBody, Snapshot, SnapshotMeta};
 use crate::wal::record::Command;
 
+mod address;
 mod format;
 mod handshake;
 mod limits;
 mod loopback;
+mod members;
 mod properties;
 mod transport;
 mod transport_faults;
@@ -131,15 +135,38 @@ fn batch_strategy() -> impl Strategy<Value = PeerFrame> {
     proptest::collection::vec(shard_message, 1..6).prop_map(PeerFrame::Batch)
 }
 
+/// Addresses as [`PeerAddress::parse`] reads them: an IPv4 or IPv6 peer address (whose
+/// text has no flow info, so none is generated) and a `HOST:PORT` client address.
+fn peer_address_strategy() -> impl Strategy<Value = PeerAddress> {
+    let peer = prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        (any::<[u16; 8]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+    ];
+    let client =
+        ("[a-z0-9.-]{1,60}", any::<u16>()).prop_map(|(host, port)| format!("{host}:{port}"));
+    (peer, client).prop_map(|(peer, client)| PeerAddress { peer, client })
+}
+
+/// Handshakes of this version, with an address, and of any other, without one (as another
+/// version's handshake decodes).
 fn handshake_strategy() -> impl Strategy<Value = Handshake> {
-    (any::<u16>(), any::<u128>(), any::<u16>(), any::<u64>()).prop_map(
-        |(version, cluster_id, shard_count, node_id)| Handshake {
-            version,
-            cluster_id,
-            shard_count,
-            node_id,
-        },
+    let version = prop_oneof![3 => Just(PEER_PROTOCOL_VERSION), 1 => any::<u16>()];
+    (
+        version,
+        any::<u128>(),
+        any::<u16>(),
+        any::<u64>(),
+        peer_address_strategy(),
     )
+        .prop_map(
+            |(version, cluster_id, shard_count, node_id, address)| Handshake {
+                version,
+                cluster_id,
+                shard_count,
+                node_id,
+                address: (version == PEER_PROTOCOL_VERSION).then_some(address),
+            },
+        )
 }
 
 fn frame_strategy() -> impl Strategy<Value = PeerFrame> {
@@ -156,6 +183,20 @@ fn frame_strategy() -> impl Strategy<Value = PeerFrame> {
 
 /// The cluster of the examples (also in PROTOCOL.md).
 const CLUSTER: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+
+/// Where node `node` of the examples is reached: peer port 9000 + `node`, client port
+/// 8000 + `node`, on 127.0.0.1.
+fn address_of(node: u64) -> PeerAddress {
+    PeerAddress {
+        peer: SocketAddr::from(([127, 0, 0, 1], 9000 + node as u16)),
+        client: format!("127.0.0.1:{}", 8000 + node),
+    }
+}
+
+/// Node `node`'s handshake in the cluster of the examples.
+fn handshake_of(shard_count: u16, node: u64) -> Handshake {
+    Handshake::new(CLUSTER, shard_count, node, address_of(node))
+}
 
 fn encode(frame: &PeerFrame) -> BytesMut {
     let mut bytes = BytesMut::new();

@@ -144,12 +144,12 @@ async fn connect_as_node_1(node: &TestNode) -> Framed<TcpStream, PeerCodec> {
     let stream = TcpStream::connect(node.running.local_addr()).await.unwrap();
     let mut framed = Framed::new(stream, PeerCodec::default());
     framed
-        .send(PeerFrame::Handshake(Handshake::new(CLUSTER, 4, 1)))
+        .send(PeerFrame::Handshake(handshake_of(4, 1)))
         .await
         .unwrap();
     let answer = tokio::time::timeout(WAIT, framed.next()).await.unwrap();
     assert!(
-        matches!(answer, Some(Ok(PeerFrame::HandshakeAccepted(h))) if h.node_id == node.id),
+        matches!(&answer, Some(Ok(PeerFrame::HandshakeAccepted(h))) if h.node_id == node.id),
         "{answer:?}"
     );
     framed
@@ -259,12 +259,6 @@ fn a_config_that_lists_the_node_itself_is_refused() {
 fn config_listing_itself(address: std::net::SocketAddr) -> PeerConfig {
     let mut config = config(1, CLUSTER, 1, address, &[(2, address)]);
     let itself: NodeId = 1;
-    config.peers.insert(
-        itself,
-        PeerAddress {
-            peer: address,
-            client: String::new(),
-        },
-    );
+    config.peers.insert(itself, node_address(itself, address));
     config
 }

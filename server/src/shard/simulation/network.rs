@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use super::random::Random;
-use crate::raft::{Message, NodeId};
+use crate::raft::{Membership, Message, NodeId};
 use crate::shard::PeerOutbox;
 use crate::wal::record::Command;
 
@@ -35,6 +35,9 @@ impl PeerOutbox for SimOutbox {
     fn client_address(&self, node: NodeId) -> Option<String> {
         Some(address(node))
     }
+
+    /// The simulated network reaches every node by its id: there are no links to keep.
+    fn members_changed(&self, _shard: usize, _membership: &Membership) {}
 }
 
 /// A node's client address, as NOT_LEADER hints name it.
