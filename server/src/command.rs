@@ -13,7 +13,7 @@ use crate::server::Shared;
 pub enum Routed {
     /// The answer, ready now.
     Local(Response),
-    /// A keyed request for its shard.
+    /// A keyed request, or a membership change, for its shard.
     Shard(Request),
 }
 
@@ -35,20 +35,27 @@ pub fn route(request: Request, shared: &Shared) -> Routed {
                 .into()
             },
         ),
-        // Replaced by the shard leader's membership change once the server side is wired.
-        Request::Members(members) => Routed::Local(
+        Request::Members(_) if !shared.clustered => Routed::Local(
             ProtocolError::new(
                 ErrorCode::Unsupported,
-                format!(
-                    "membership changes are not wired into this server yet: MEMBERS {} of node \
-                     {} on shard {} was not applied",
-                    members.change.name(),
-                    members.change.node(),
-                    members.shard
-                ),
+                "this server runs alone, without --peers: start it with --peers \
+                 ID=PEER_ADDR/CLIENT_ADDR (its own entry) to let nodes be added",
             )
             .into(),
         ),
+        Request::Members(members) if usize::from(members.shard) >= shared.shards.len() => {
+            Routed::Local(
+                ProtocolError::new(
+                    ErrorCode::BadMembership,
+                    format!(
+                        "shard {} does not exist: this cluster has {} shards",
+                        members.shard,
+                        shared.shards.len()
+                    ),
+                )
+                .into(),
+            )
+        }
         keyed => Routed::Shard(keyed),
     }
 }

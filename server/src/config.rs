@@ -85,6 +85,15 @@ pub struct Config {
     #[arg(long, env = "KAHU_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
 
+    /// Join a running cluster instead of founding it: this node's id is not in `--peers`
+    /// (which lists the founders, the same value as on every node), and it waits, a voter
+    /// of nothing, until an operator adds it to every shard with
+    /// `kahu-cli --add-node ID=PEER_ADDR/CLIENT_ADDR`. The other nodes reach it at
+    /// `--peer-listen` and send its clients to `--listen`, so both must be concrete
+    /// addresses. Give it on every start of a node that joined.
+    #[arg(long, env = "KAHU_JOIN")]
+    pub join: bool,
+
     /// The cluster's name; nodes with different names refuse to talk to each other.
     #[arg(long, env = "KAHU_CLUSTER_ID", default_value = "kahu")]
     pub cluster_id: String,
@@ -140,6 +149,7 @@ impl Config {
             node_id: 1,
             peers: String::new(),
             peer_listen: None,
+            join: false,
             cluster_id: "kahu".to_string(),
             tick_ms: 50,
             election_ticks: 10,
@@ -183,13 +193,6 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let check = |ok: bool, message: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError(message))
-            }
-        };
         check(
             (1..=SHARDS_MAX).contains(&self.shard_count()),
             format!(
@@ -238,13 +241,31 @@ impl Config {
             ),
         )?;
         let nodes = self.cluster_nodes()?;
-        check(
-            nodes.is_empty() || nodes.contains_key(&self.node_id),
-            format!(
-                "--peers does not name this node (--node-id {}); list every node, this one included",
-                self.node_id
-            ),
-        )?;
+        if self.join {
+            check(
+                !nodes.is_empty(),
+                "--join needs --peers: the founding nodes of the cluster to join".into(),
+            )?;
+            check(
+                !nodes.contains_key(&self.node_id),
+                format!(
+                    "--join: node {} is a founder in --peers; a joining node takes an id no node \
+                     of the cluster has had (a founder that lost its data is removed and a new \
+                     node added)",
+                    self.node_id
+                ),
+            )?;
+            self.joining_address()?;
+        } else {
+            check(
+                nodes.is_empty() || nodes.contains_key(&self.node_id),
+                format!(
+                    "--peers does not name this node (--node-id {}); list every founding node, \
+                     this one included, or give --join to join a running cluster",
+                    self.node_id
+                ),
+            )?;
+        }
         check(
             nodes.len() <= crate::wal::record::VOTERS_MAX,
             format!(
@@ -255,6 +276,27 @@ impl Config {
         )
     }
 
+    /// Where the other nodes reach a joining node (`--peer-listen`) and where its clients
+    /// are sent (`--listen`): both must be addresses others can connect to.
+    pub fn joining_address(&self) -> Result<PeerAddress, ConfigError> {
+        let peer = self.peer_listen.ok_or_else(|| {
+            ConfigError::new("--join needs --peer-listen: where the other nodes reach this one")
+        })?;
+        for (flag, address) in [("--peer-listen", peer), ("--listen", self.listen)] {
+            check(
+                !address.ip().is_unspecified() && address.port() != 0,
+                format!(
+                    "--join: {flag} {address} is not an address other nodes can connect to \
+                     (give a concrete IP and port)"
+                ),
+            )?;
+        }
+        Ok(PeerAddress {
+            peer,
+            client: self.listen.to_string(),
+        })
+    }
+
     /// The log settings every shard uses.
     pub fn wal_options(&self) -> crate::wal::WalOptions {
         crate::wal::WalOptions {
@@ -262,6 +304,15 @@ impl Config {
             sync: !self.unsafe_no_fsync,
             snapshot_log_bytes: self.snapshot_log_bytes,
         }
+    }
+}
+
+/// `Ok` when `ok`, else the configuration error `message`.
+fn check(ok: bool, message: String) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(message))
     }
 }
 

@@ -2,8 +2,11 @@
 //!
 //! Shutdown (SIGINT/SIGTERM in the binary, [`RunningServer::shutdown`] in tests): stop
 //! accepting; connections stop reading new requests; shards answer every waiting LOCK with
-//! SHUTTING_DOWN; connections write every reply still owed and close; then the shard
-//! workers see their queues close and exit. Nothing in flight is left unanswered.
+//! SHUTTING_DOWN; in a cluster, every group this node leads is handed to its most
+//! up-to-date follower (waited for at most an election timeout), so clients are sent to a
+//! new leader within a round trip; connections write every reply still owed and close;
+//! then the shard workers see their queues close and exit. Nothing in flight is left
+//! unanswered.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +83,8 @@ pub struct Shared {
     pub shards: ShardSet,
     /// This node's id in its cluster (1 for a single node).
     pub node_id: u64,
+    /// Runs the peer transport (started with `--peers`): its membership can change.
+    pub clustered: bool,
     pub epoch: u64,
     pub started: Instant,
     pub connections: ConnectionCounts,
@@ -114,19 +119,34 @@ impl Server {
         let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
         let shard_count = data_dir.shard_count(config.shards, config.shard_count())?;
         let nodes = config.cluster_nodes()?;
-        let founders: Vec<u64> = if nodes.len() > 1 {
-            nodes.keys().copied().collect()
-        } else {
+        // The founders: every node of `--peers`, or this one alone. A joining node is
+        // none of them and starts a voter of nothing.
+        let founders: Vec<u64> = if nodes.is_empty() {
             vec![config.node_id]
+        } else {
+            nodes.keys().copied().collect()
         };
         data_dir.check_cluster(&config.cluster_id, &founders, config.node_id)?;
-        let (outbox, network) = if founders.len() > 1 {
+        let founding = if config.join {
+            Membership::default()
+        } else {
+            Membership::new(founders.iter().copied())
+        };
+        // Any node given `--peers` runs the peer transport, even a cluster of one, so
+        // nodes can be added to it later.
+        let (outbox, network) = if nodes.is_empty() {
+            (Arc::new(NoPeers) as Arc<dyn PeerOutbox>, None)
+        } else {
             let peers = nodes
                 .iter()
                 .filter(|(&id, _)| id != config.node_id)
                 .map(|(&id, address)| (id, address.clone()))
                 .collect();
-            let advertise = nodes[&config.node_id].clone();
+            let advertise = if config.join {
+                config.joining_address()?
+            } else {
+                nodes[&config.node_id].clone()
+            };
             let peer_config = PeerConfig {
                 node_id: config.node_id,
                 cluster_id: config.cluster_id_hash(&nodes),
@@ -140,13 +160,11 @@ impl Server {
                 .map_err(|error| ConfigError::new(format!("--peers: {error}")))?;
             let (outbox, network) = PeerNetwork::new(peer_config);
             (outbox as Arc<dyn PeerOutbox>, Some(network))
-        } else {
-            (Arc::new(NoPeers) as Arc<dyn PeerOutbox>, None)
         };
         let settings = ShardSettings {
             count: shard_count,
             node: config.node_id,
-            founding: Membership::new(founders.iter().copied()),
+            founding,
             raft: config.raft_timing(),
             peers: outbox,
             waiters_per_lock_max: config.waiters_per_lock_max,
@@ -177,6 +195,7 @@ impl Server {
         let shared = Arc::new(Shared {
             shards,
             node_id: config.node_id,
+            clustered: network.is_some(),
             epoch,
             started: Instant::now(),
             connections: ConnectionCounts::default(),
@@ -213,6 +232,7 @@ impl Server {
             tracker,
             workers,
             shared,
+            hand_over_max: config.raft_timing().tick * (config.election_ticks + 1),
         })
     }
 }
@@ -229,7 +249,12 @@ pub struct RunningServer {
     tracker: TaskTracker,
     workers: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// The longest wait at shutdown for this node's groups to have another leader.
+    hand_over_max: Duration,
 }
+
+/// How often shutdown looks whether the groups this node led have a new leader.
+const HAND_OVER_POLL: Duration = Duration::from_millis(5);
 
 impl RunningServer {
     /// The address the server listens on (with the port the OS chose for port 0).
@@ -253,6 +278,15 @@ impl RunningServer {
         let _ = self.shutdown_sender.send(true);
         let _ = self.acceptor.await;
         self.shared.shards.shutdown();
+        if self.peers.is_some() {
+            // Each group this node leads is handed to a follower (`Replica::hand_over`);
+            // wait for that (the core gives up after an election timeout) while the peer
+            // connections still carry it, so the cluster does not wait out an election.
+            let deadline = Instant::now() + self.hand_over_max;
+            while self.shared.shards.leading() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(HAND_OVER_POLL).await;
+            }
+        }
         self.tracker.close();
         self.tracker.wait().await;
         // The peer tasks hold the shard set too; they go before the shards can stop.

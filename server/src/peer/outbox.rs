@@ -320,6 +320,11 @@ impl PeerOutbox for PeerOutboxHandle {
             "shard {shard} of {}",
             self.shard_count
         );
+        if membership.voters.is_empty() {
+            // A node waiting to be added (`--join`) knows nothing of the group yet: it
+            // keeps the links it starts with (the founders, and whoever connects to it).
+            return;
+        }
         let mut members = self.lock_members();
         if members.shards[shard] == *membership {
             return;

@@ -108,9 +108,12 @@ impl Membership {
 
 /// A change of one voter at a time (dissertation §4.1): any two majorities of the old and
 /// new membership overlap, so no joint consensus is needed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MembershipChange {
-    AddVoter(NodeId),
+    /// Adds a voter, with where it is reached (kept in [`Membership::addresses`]; `None`
+    /// for a node the embedder can reach without it).
+    AddVoter(NodeId, Option<String>),
+    /// Removes a voter and its address.
     RemoveVoter(NodeId),
 }
 

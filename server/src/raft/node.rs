@@ -357,17 +357,21 @@ impl<C: Payload> Raft<C> {
         }
         let mut membership = self.membership().clone();
         match change {
-            MembershipChange::AddVoter(0) => {
+            MembershipChange::AddVoter(0, _) => {
                 return Err(ProposeError::InvalidMembershipChange(
                     "node id 0 is reserved",
                 ))
             }
-            MembershipChange::AddVoter(id) => {
+            MembershipChange::AddVoter(id, address) => {
                 if !membership.voters.insert(id) {
                     return Err(ProposeError::InvalidMembershipChange("already a voter"));
                 }
+                if let Some(address) = address {
+                    membership.addresses.insert(id, address);
+                }
             }
             MembershipChange::RemoveVoter(id) => {
+                membership.addresses.remove(&id);
                 if !membership.voters.remove(&id) {
                     return Err(ProposeError::InvalidMembershipChange("not a voter"));
                 }

@@ -87,7 +87,8 @@ pub trait PeerOutbox: Send + Sync + std::fmt::Debug {
     /// The client address of `node`, for NOT_LEADER hints.
     fn client_address(&self, node: NodeId) -> Option<String>;
     /// `shard`'s group now has `membership` (its latest, committed or not). The transport
-    /// keeps a link to every node that is a voter of some shard's latest membership.
+    /// keeps a link to every node that is a voter of some shard's latest membership. An
+    /// empty membership (a joining node that has not heard of its group yet) says nothing.
     fn members_changed(&self, shard: usize, membership: &raft::Membership);
 }
 
@@ -259,6 +260,8 @@ impl ShardSet {
                 .into_iter()
                 .enumerate()
                 .map(|(id, shard)| {
+                    let membership = shard.contents.membership(&settings.founding);
+                    let alone = membership.voters.len() == 1 && membership.contains(settings.node);
                     let parts = ReplicaParts {
                         shard: id,
                         node: settings.node,
@@ -268,13 +271,11 @@ impl ShardSet {
                         storage: settings.storage.clone(),
                         dir: data_dir.shard_path(id),
                         stored: shard.stored,
-                        // A single node leads in the epoch of this run (its election adds
-                        // one); in a cluster, terms are the cluster's business alone.
-                        term_floor: if settings.founding.voters.len() == 1 {
-                            epoch - 1
-                        } else {
-                            0
-                        },
+                        // A group of this node alone leads in the epoch of this run (its
+                        // election adds one); in a cluster, terms are the cluster's
+                        // business alone (a node that raised its own would depose a
+                        // healthy leader).
+                        term_floor: if alone { epoch - 1 } else { 0 },
                         waiters_per_lock_max: settings.waiters_per_lock_max,
                         stats: stats[id].clone(),
                         peers: settings.peers.clone(),
@@ -334,9 +335,16 @@ impl ShardSet {
     /// Sends a keyed request to its shard. Gives the reply handle back if the shard has
     /// stopped, so the caller can answer.
     pub fn submit(&self, request: Request, reply: ReplyTo) -> Result<(), ReplyTo> {
-        let key = request.key().expect("only keyed requests go to shards");
-        let hash = key_hash(key);
-        let shard = &self.senders[shard_of(hash, self.senders.len())];
+        let (hash, shard) = match &request {
+            // A membership change names its shard (the caller checked it exists).
+            Request::Members(members) => (0, usize::from(members.shard)),
+            _ => {
+                let key = request.key().expect("only keyed requests go to shards");
+                let hash = key_hash(key);
+                (hash, shard_of(hash, self.senders.len()))
+            }
+        };
+        let shard = &self.senders[shard];
         shard
             .send(ShardMessage::Request {
                 hash,
@@ -375,6 +383,14 @@ impl ShardSet {
         for sender in &self.senders {
             let _ = sender.send(ShardMessage::Shutdown);
         }
+    }
+
+    /// How many shards this node leads now (as last published by their workers).
+    pub fn leading(&self) -> usize {
+        self.stats
+            .iter()
+            .filter(|stats| stats.raft[0].load(Ordering::Relaxed) != 0)
+            .count()
     }
 
     /// Each shard's Raft state, as INFO fields `shard<N>_<name>`.

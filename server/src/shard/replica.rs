@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kahu_protocol::{ErrorCode, ProtocolError, Response};
+use kahu_protocol::{ErrorCode, MemberChange, MembersReply, ProtocolError, Response};
 
 use super::table::{LockTable, Output, Restorer};
 use super::tokens::{TokenSource, EPOCH_MAX};
@@ -83,6 +83,26 @@ impl LogContents {
     }
 }
 
+impl LogContents {
+    /// The group's latest membership as the log holds it; `founding` if it holds none.
+    pub fn membership(&self, founding: &Membership) -> Membership {
+        let logged = self
+            .entries
+            .iter()
+            .rev()
+            .find_map(|entry| match &entry.kind {
+                crate::raft::EntryKind::Membership(membership) => Some(membership),
+                _ => None,
+            });
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .map(|snapshot| &snapshot.membership)
+            .filter(|membership| !membership.voters.is_empty());
+        logged.or(snapshot).unwrap_or(founding).clone()
+    }
+}
+
 impl Replay for LogContents {
     fn restore(&mut self, snapshot: &Snapshot) {
         self.snapshot = Some(snapshot.clone());
@@ -93,9 +113,12 @@ impl Replay for LogContents {
     }
 }
 
-/// Entries written but not yet durable: the ready is finished once a retry succeeds.
+/// A ready whose I/O is not done yet (a write or sync failed): it is finished once a
+/// retry succeeds.
 struct Unpersisted {
     ready: Ready<Command>,
+    /// A leader's snapshot still to be stored (it goes before the entries that follow it).
+    snapshot: Option<raft::Snapshot>,
     appended: bool,
 }
 
@@ -129,6 +152,13 @@ pub(super) struct Replica {
     /// ephemeral lock the new leader also grants, or serve a stale read. Oldest first.
     confirmations: VecDeque<(u64, Vec<(ReplyTo, Response)>)>,
     next_read_context: u64,
+    /// The membership the peer transport was last told of.
+    reported_membership: Option<Membership>,
+    /// Membership changes proposed and not yet committed: the entry's index, the reply.
+    members_pending: Vec<(u64, ReplyTo)>,
+    /// A membership change found entries forgotten without a snapshot (a one-voter
+    /// group): the next turn takes a snapshot whatever the log's size.
+    snapshot_wanted: bool,
 }
 
 /// How to build a replica.
@@ -161,10 +191,10 @@ impl Replica {
                 meta: SnapshotMeta {
                     index: snapshot.last_index,
                     term: snapshot.last_term,
-                    membership: if snapshot.voters.is_empty() {
+                    membership: if snapshot.membership.voters.is_empty() {
                         parts.founding.clone()
                     } else {
-                        Membership::new(snapshot.voters.iter().copied())
+                        snapshot.membership.clone()
                     },
                 },
                 // Read from the snapshot file when a follower needs it.
@@ -213,6 +243,9 @@ impl Replica {
             stalled: false,
             confirmations: VecDeque::new(),
             next_read_context: 1,
+            reported_membership: None,
+            members_pending: Vec::new(),
+            snapshot_wanted: false,
         })
     }
 
@@ -220,6 +253,7 @@ impl Replica {
     /// now, even if one is due: it waits for the first commit, after serving starts.)
     pub(super) fn start(&mut self, now: Instant) {
         let started = Instant::now();
+        self.report_membership();
         let membership = self.raft.membership();
         if membership.voters.len() == 1 && membership.contains(self.raft.id()) {
             // Its table is built once it leads (just below).
@@ -349,6 +383,35 @@ impl Replica {
         self.raft.step(message);
     }
 
+    /// The node is stopping: a leader hands its group to the most up-to-date follower, so
+    /// the group has a new leader in a round trip instead of an election timeout. From
+    /// then on requests get NOT_LEADER (a transfer is in progress, then another node
+    /// leads). Abandoned by the core after an election timeout; the server waits at most
+    /// that long.
+    pub(super) fn hand_over(&mut self) {
+        if !self.raft.is_leader() {
+            return;
+        }
+        let status = self.raft.status();
+        let Some(&(target, _)) = status
+            .match_indexes
+            .iter()
+            .max_by_key(|&&(node, matched)| (matched, std::cmp::Reverse(node)))
+        else {
+            return; // a group of one: nobody to hand over to
+        };
+        match self.raft.transfer_leadership(target) {
+            Ok(()) => tracing::info!(
+                shard = self.shard,
+                target,
+                "stopping: handing leadership over"
+            ),
+            Err(error) => {
+                tracing::warn!(shard = self.shard, %error, "stopping: cannot hand leadership over")
+            }
+        }
+    }
+
     pub(super) fn peer_unreachable(&mut self, node: NodeId) {
         self.raft.report_unreachable(node);
     }
@@ -417,6 +480,122 @@ impl Replica {
             ),
         };
         ProtocolError::new(ErrorCode::NotLeader, message)
+    }
+
+    /// An operator's membership change (`kahu-cli --add-node/--remove-node`), on a serving
+    /// leader. Idempotent, so a command cut short can simply be run again: adding a voter
+    /// that is one already (at the same address, or a founder) or removing one that is
+    /// gone answers with the voters at once. Otherwise the change is proposed and answered
+    /// once committed (see [`Replica::answer_committed_members`]).
+    pub(super) fn change_members(
+        &mut self,
+        now: Instant,
+        change: &MemberChange,
+        reply: ReplyTo,
+        output: &mut Output<ReplyTo>,
+    ) {
+        let membership = self.raft.membership();
+        let change = match change {
+            MemberChange::Add { node, address } => {
+                if membership.contains(*node) {
+                    let response = match membership.addresses.get(node) {
+                        Some(known) if known != address => ProtocolError::new(
+                            ErrorCode::BadMembership,
+                            format!(
+                                "shard {}: node {node} is a voter already, at {known}; remove it \
+                                 before adding it at another address",
+                                self.shard
+                            ),
+                        )
+                        .into(),
+                        _ => self.members_response(),
+                    };
+                    output.replies.push((reply, response));
+                    return;
+                }
+                raft::MembershipChange::AddVoter(*node, Some(address.clone()))
+            }
+            MemberChange::Remove { node } => {
+                if !membership.contains(*node) {
+                    output.replies.push((reply, self.members_response()));
+                    return;
+                }
+                raft::MembershipChange::RemoveVoter(*node)
+            }
+        };
+        let mut proposed = self.raft.propose_membership(change.clone());
+        if proposed == Err(raft::ProposeError::SnapshotNeeded)
+            && output.log.is_empty()
+            && self.raft.applied_index() == self.raft.last_index()
+        {
+            // Nothing decided this turn and nothing in flight: the table is the applied
+            // state, so the snapshot a new voter will need can be written now.
+            self.take_snapshot(now);
+            proposed = self.raft.propose_membership(change);
+        }
+        match proposed {
+            Ok(index) => self.members_pending.push((index, reply)),
+            Err(error) => {
+                let refusal = self.membership_refusal(error);
+                output.replies.push((reply, refusal.into()));
+            }
+        }
+    }
+
+    /// The answer to a membership request: the shard's voters now.
+    fn members_response(&self) -> Response {
+        Response::Members(MembersReply {
+            shard: self.shard as u16,
+            voters: self.raft.membership().voters.iter().copied().collect(),
+        })
+    }
+
+    fn membership_refusal(&mut self, error: raft::ProposeError) -> ProtocolError {
+        use raft::ProposeError::*;
+        match error {
+            MembershipChangePending => ProtocolError::new(
+                ErrorCode::MembershipChangePending,
+                format!(
+                    "shard {}: an earlier membership change is not committed yet; retry",
+                    self.shard
+                ),
+            ),
+            SnapshotNeeded => {
+                self.snapshot_wanted = true;
+                ProtocolError::new(
+                    ErrorCode::MembershipChangePending,
+                    format!(
+                        "shard {}: writing the snapshot a new voter needs first; retry",
+                        self.shard
+                    ),
+                )
+            }
+            InvalidMembershipChange(why) => ProtocolError::new(
+                ErrorCode::BadMembership,
+                format!("shard {}: {why}", self.shard),
+            ),
+            NotLeader { .. } | TransferInProgress | LeaderNotReady => self.not_serving(),
+        }
+    }
+
+    /// Answers the membership changes that are committed.
+    fn answer_committed_members(&mut self) {
+        let committed = self.raft.commit_index();
+        if !self
+            .members_pending
+            .iter()
+            .any(|(index, _)| *index <= committed)
+        {
+            return;
+        }
+        let response = self.members_response();
+        let (done, waiting) = std::mem::take(&mut self.members_pending)
+            .into_iter()
+            .partition(|(index, _)| *index <= committed);
+        self.members_pending = waiting;
+        for (_, reply) in done {
+            reply.send(response.clone());
+        }
     }
 
     /// Ends a turn: proposes the turn's decisions, sends the replies that need nothing,
@@ -501,8 +680,11 @@ impl Replica {
         }
     }
 
-    /// Fails every reply still waiting for a confirmation.
+    /// Fails every reply still waiting for a confirmation or a membership commit.
     pub(super) fn fail_unconfirmed(&mut self, error: &ProtocolError) {
+        for (_, reply) in self.members_pending.drain(..) {
+            reply.send(error.clone().into());
+        }
         for (_, replies) in self.confirmations.drain(..) {
             for (reply, _) in replies {
                 reply.send(error.clone().into());
@@ -517,19 +699,18 @@ impl Replica {
             let mut messages = std::mem::take(&mut ready.messages);
             self.attach_snapshot_data(&mut messages);
             self.peers.send(self.shard, messages);
-            if let Some(snapshot) = ready.snapshot.take() {
-                if self.serving {
-                    // Deposed by a leader far ahead: answer this table's waiters and
-                    // pending replies before the snapshot replaces it.
-                    self.depose(output);
-                }
-                self.install_snapshot(&snapshot, now);
+            let snapshot = ready.snapshot.take();
+            if snapshot.is_some() && self.serving {
+                // Deposed by a leader far ahead: answer this table's waiters and pending
+                // replies before the snapshot replaces it.
+                self.depose(output);
             }
             let mut unpersisted = Unpersisted {
                 ready,
+                snapshot,
                 appended: false,
             };
-            match self.persist(&mut unpersisted) {
+            match self.persist(&mut unpersisted, now) {
                 Ok(()) => self.after_persist(unpersisted.ready, now, output),
                 Err(error) => {
                     self.storage_failed(&error, output);
@@ -540,6 +721,17 @@ impl Replica {
             if self.raft.is_leader() && !self.serving {
                 self.start_serving_if_caught_up(now);
             }
+            self.report_membership();
+        }
+    }
+
+    /// Tells the peer transport when the group's latest membership changed (an entry
+    /// appended or overwritten, a snapshot installed), so it connects to added voters.
+    fn report_membership(&mut self) {
+        let membership = self.raft.membership();
+        if self.reported_membership.as_ref() != Some(membership) {
+            self.peers.members_changed(self.shard, membership);
+            self.reported_membership = Some(membership.clone());
         }
     }
 
@@ -567,7 +759,11 @@ impl Replica {
         });
     }
 
-    fn persist(&mut self, pending: &mut Unpersisted) -> Result<(), WalError> {
+    fn persist(&mut self, pending: &mut Unpersisted, now: Instant) -> Result<(), WalError> {
+        if let Some(snapshot) = &pending.snapshot {
+            self.install_snapshot(snapshot, now)?;
+            pending.snapshot = None;
+        }
         let ready = &pending.ready;
         if let Some(state) = ready.hard_state {
             if (state.term, state.vote) != (self.stored.term, self.stored.vote) {
@@ -642,6 +838,9 @@ impl Replica {
         for (_, reply, _) in output.durable_replies.drain(..) {
             output.replies.push((reply, unknown.clone().into()));
         }
+        // A leader that removed itself steps down once the change commits: that answer
+        // is known.
+        self.answer_committed_members();
         self.fail_unconfirmed(&unknown);
         self.proposals.clear();
     }
@@ -726,27 +925,31 @@ impl Replica {
         table
     }
 
-    /// A snapshot from the leader replaces this node's log and table.
-    fn install_snapshot(&mut self, snapshot: &raft::Snapshot, now: Instant) {
+    /// A snapshot from the leader replaces this node's log and table. A disk error leaves
+    /// both as they were, to be tried again (storing it again is harmless); until then
+    /// nothing after it is written or acknowledged.
+    fn install_snapshot(
+        &mut self,
+        snapshot: &raft::Snapshot,
+        now: Instant,
+    ) -> Result<(), WalError> {
+        // Checked in `step` before the core took it.
         let decoded = Snapshot::decode(&snapshot.data).unwrap_or_else(|| {
             panic!(
                 "shard {}: the leader sent a snapshot that does not decode",
                 self.shard
             )
         });
-        if let Err(error) = self.wal.install_snapshot(&decoded) {
-            panic!(
-                "shard {}: cannot store the leader's snapshot: {error}",
-                self.shard
-            );
-        }
+        self.wal.install_snapshot(&decoded)?;
         let mut table = LockTable::new(TokenSource::new(1), self.waiters_per_lock_max);
         Restorer::new(&mut table, now).restore(&decoded);
         self.table = table;
+        Ok(())
     }
 
     /// Replies wait for their commit sequence; Raft says which entries are committed.
     fn send_committed(&mut self, output: &mut Output<ReplyTo>) {
+        self.answer_committed_members();
         let committed = self.raft.commit_index();
         let mut committed_seq = None;
         while let Some(&(seq, index)) = self.proposals.front() {
@@ -788,7 +991,7 @@ impl Replica {
         let Some(mut pending) = self.unpersisted.take() else {
             return Ok(());
         };
-        match self.persist(&mut pending) {
+        match self.persist(&mut pending, now) {
             Ok(()) => {
                 tracing::info!(shard = self.shard, "the write-ahead log is writable again");
                 self.after_persist(pending.ready, now, output);
@@ -820,12 +1023,18 @@ impl Replica {
         send(&mut output.replies);
     }
 
-    /// Writes a snapshot of the persistent locks once enough was logged since the last,
-    /// when the table holds exactly the applied state.
+    /// Writes a snapshot of the persistent locks once enough was logged since the last (or
+    /// a membership change asked for one), when the table holds exactly the applied state.
     fn snapshot_if_due(&mut self, now: Instant) {
-        if !self.wal.wants_snapshot() || self.unpersisted.is_some() {
+        if !(self.wal.wants_snapshot() || self.snapshot_wanted) || self.unpersisted.is_some() {
             return;
         }
+        self.take_snapshot(now);
+    }
+
+    /// Writes a snapshot of the applied state, unless there is nothing new to cover or the
+    /// applied state cannot be had now (entries forgotten and the table ahead).
+    fn take_snapshot(&mut self, now: Instant) {
         let applied = self.raft.applied_index();
         if applied <= self.wal.snapshot_index() {
             return;
@@ -846,12 +1055,13 @@ impl Replica {
         let snapshot = Snapshot {
             last_index: applied,
             last_term: term,
-            voters: membership.voters.iter().copied().collect(),
+            membership: membership.clone(),
             locks,
         };
         match self.wal.compact(&snapshot) {
             Ok(()) => {
                 self.counters.snapshots_total += 1;
+                self.snapshot_wanted = false;
                 self.raft.compact(raft::Snapshot {
                     meta: SnapshotMeta {
                         index: applied,

@@ -192,6 +192,11 @@ impl Turns {
             unreachable!("only requests are applied");
         };
         self.replica.counters().requests_total += 1;
+        if let Request::Members(members) = &request {
+            self.replica
+                .change_members(now, &members.change, reply, output);
+            return;
+        }
         let table: &mut LockTable<ReplyTo> = self.replica.table();
         match &request {
             Request::Lock(lock) => table.lock(now, hash, lock, reply, output),
@@ -218,6 +223,7 @@ impl Turns {
                 let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
                 self.replica.fail_waiters(&error, output);
                 self.fail_held(&error, output);
+                self.replica.hand_over();
             }
             ShardMessage::Peer(message) => self.replica.step(message),
             ShardMessage::PeerUnreachable(node) => self.replica.peer_unreachable(node),

@@ -8,8 +8,14 @@
 //! kind 2 RELEASE    token u64 | key bytes16
 //! kind 3 EXTEND     token u64 | ttl_ms u64 | key bytes16
 //! kind 4 NOOP       (nothing: a new Raft leader's first entry)
-//! kind 5 MEMBERSHIP n u16 | n x node id u64   (the shard's voters from this entry on,
-//!                   strictly ascending, none 0, n <= voters_max: one encoding each)
+//! kind 6 MEMBERSHIP membership   (the shard's voters from this entry on)
+//! kind 5 MEMBERSHIP n u16 | n x node id u64   (read only: written before voters had
+//!                   addresses; the same as kind 6 with no addresses)
+//! membership  = n u16 | n x node id u64 | m u16 | m x (node id u64 | address str16)
+//!               voters strictly ascending, none 0, n <= voters_max; addresses (of voters
+//!               added at run time, `PEER_ADDR/CLIENT_ADDR`) strictly ascending by node,
+//!               each a voter, UTF-8 of 1..=node_address_bytes_max bytes: one encoding each
+//! str16       = length u16 | UTF-8 bytes
 //! bytes16     = length u16 | bytes
 //! ```
 //!
@@ -37,9 +43,12 @@ const KIND_GRANT: u8 = 1;
 const KIND_RELEASE: u8 = 2;
 const KIND_EXTEND: u8 = 3;
 const KIND_NOOP: u8 = 4;
-const KIND_MEMBERSHIP: u8 = 5;
+const KIND_MEMBERSHIP_VOTERS: u8 = 5;
+const KIND_MEMBERSHIP: u8 = 6;
 /// Voters in one membership entry at most.
 pub const VOTERS_MAX: usize = 255;
+/// The longest address a membership records for a voter (`PEER_ADDR/CLIENT_ADDR`).
+pub const NODE_ADDRESS_BYTES_MAX: usize = 255;
 
 /// A decision about a persistent lock, applied in log order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +124,8 @@ pub enum EntryDecodeError {
     TooManyVoters(usize),
     #[error("voter {0} is 0 or not above the voter before it")]
     VoterOrder(u64),
+    #[error("the address of node {0} is not above the one before it, names no voter, or is not 1..={NODE_ADDRESS_BYTES_MAX} bytes of UTF-8")]
+    BadAddress(u64),
 }
 
 impl Record {
@@ -246,6 +257,15 @@ fn decode_entry_kind(src: &mut &[u8]) -> Result<EntryKind<Command>, EntryDecodeE
             *src = rest;
             Ok(EntryKind::Membership(membership))
         }
+        KIND_MEMBERSHIP_VOTERS => {
+            let mut cursor = Cursor(&src[1..]);
+            let voters = decode_voters(&mut cursor)?;
+            *src = cursor.0;
+            Ok(EntryKind::Membership(Membership {
+                voters,
+                addresses: Default::default(),
+            }))
+        }
         KIND_GRANT | KIND_RELEASE | KIND_EXTEND => decode_command(src)
             .map(EntryKind::Command)
             .ok_or(EntryDecodeError::Short),
@@ -253,7 +273,7 @@ fn decode_entry_kind(src: &mut &[u8]) -> Result<EntryKind<Command>, EntryDecodeE
     }
 }
 
-/// Appends `n u16 | n x node id u64`, the voters in ascending order.
+/// Appends a membership: its voters in ascending order, then the addresses it records.
 pub(crate) fn encode_membership(membership: &Membership, dst: &mut impl BufMut) {
     let count = membership.voters.len();
     assert!(count <= VOTERS_MAX, "{count} voters exceed voters_max");
@@ -261,18 +281,65 @@ pub(crate) fn encode_membership(membership: &Membership, dst: &mut impl BufMut) 
     for &voter in &membership.voters {
         dst.put_u64_le(voter);
     }
+    dst.put_u16_le(membership.addresses.len() as u16);
+    for (&node, address) in &membership.addresses {
+        assert!(
+            membership.voters.contains(&node) && valid_address(address),
+            "the address of node {node} must be a voter's and 1..={NODE_ADDRESS_BYTES_MAX} bytes"
+        );
+        dst.put_u64_le(node);
+        dst.put_u16_le(address.len() as u16);
+        dst.put_slice(address.as_bytes());
+    }
 }
 
 /// Exactly the bytes [`encode_membership`] appends for `membership`.
 pub(crate) fn membership_bytes(membership: &Membership) -> usize {
     2 + 8 * membership.voters.len()
+        + 2
+        + membership
+            .addresses
+            .values()
+            .map(|address| 8 + 2 + address.len())
+            .sum::<usize>()
 }
 
-/// Decodes a membership from the front of `src` and advances past it. The voters must be
-/// strictly ascending and none 0, so each membership has one encoding and
-/// [`Membership::new`]'s assertion cannot fire on bytes read from a disk or a peer.
+/// Whether `address` may be stored: 1..=[`NODE_ADDRESS_BYTES_MAX`] bytes.
+pub(crate) fn valid_address(address: &str) -> bool {
+    (1..=NODE_ADDRESS_BYTES_MAX).contains(&address.len())
+}
+
+/// Decodes a membership from the front of `src` and advances past it. Voters and addresses
+/// must be strictly ascending, voters none 0 and every address a voter's, so each
+/// membership has one encoding and [`Membership::new`]'s assertion cannot fire on bytes
+/// read from a disk or a peer.
 pub(crate) fn decode_membership(src: &mut &[u8]) -> Result<Membership, EntryDecodeError> {
     let mut cursor = Cursor(src);
+    let voters = decode_voters(&mut cursor)?;
+    let count = cursor.u16().ok_or(EntryDecodeError::Short)? as usize;
+    if count > voters.len() {
+        return Err(EntryDecodeError::TooManyVoters(count));
+    }
+    let mut addresses = std::collections::BTreeMap::new();
+    let mut previous = 0;
+    for _ in 0..count {
+        let node = cursor.u64().ok_or(EntryDecodeError::Short)?;
+        let bytes = cursor.bytes16().ok_or(EntryDecodeError::Short)?;
+        let address = String::from_utf8(bytes.to_vec())
+            .ok()
+            .filter(|address| node > previous && voters.contains(&node) && valid_address(address))
+            .ok_or(EntryDecodeError::BadAddress(node))?;
+        addresses.insert(node, address);
+        previous = node;
+    }
+    *src = cursor.0;
+    Ok(Membership { voters, addresses })
+}
+
+/// Decodes `n u16 | n x node id u64`, strictly ascending and none 0.
+fn decode_voters(
+    cursor: &mut Cursor<'_>,
+) -> Result<std::collections::BTreeSet<u64>, EntryDecodeError> {
     let count = cursor.u16().ok_or(EntryDecodeError::Short)? as usize;
     if count > VOTERS_MAX {
         return Err(EntryDecodeError::TooManyVoters(count));
@@ -287,11 +354,7 @@ pub(crate) fn decode_membership(src: &mut &[u8]) -> Result<Membership, EntryDeco
         voters.insert(voter);
         previous = voter;
     }
-    *src = cursor.0;
-    Ok(Membership {
-        voters,
-        addresses: Default::default(),
-    })
+    Ok(voters)
 }
 
 /// Appends the encoding of `command` (`kind u8 | fields`, above) to `dst`.
@@ -426,12 +489,15 @@ mod tests {
         prop_oneof![
             command_strategy().prop_map(EntryKind::Command),
             Just(EntryKind::Noop),
-            proptest::collection::btree_set(1..u64::MAX, 1..8).prop_map(|voters| {
-                EntryKind::Membership(Membership {
-                    voters,
-                    addresses: Default::default(),
-                })
-            }),
+            (
+                proptest::collection::btree_set(1..u64::MAX, 1..8),
+                proptest::collection::vec("[a-z0-9.:/]{1,40}", 0..8)
+            )
+                .prop_map(|(voters, addresses)| {
+                    // Addresses for some of the voters.
+                    let addresses = voters.iter().copied().zip(addresses).collect();
+                    EntryKind::Membership(Membership { voters, addresses })
+                }),
         ]
     }
 
@@ -504,12 +570,69 @@ mod tests {
 
     /// The bytes of a membership with these voters, in this order.
     fn voters_bytes(voters: &[u64]) -> Vec<u8> {
+        membership_bytes_of(voters, &[])
+    }
+
+    /// The bytes of a membership with these voters and addresses, in this order.
+    fn membership_bytes_of(voters: &[u64], addresses: &[(u64, &str)]) -> Vec<u8> {
         let mut bytes = Vec::new();
         bytes.put_u16_le(voters.len() as u16);
         for &voter in voters {
             bytes.put_u64_le(voter);
         }
+        bytes.put_u16_le(addresses.len() as u16);
+        for &(node, address) in addresses {
+            bytes.put_u64_le(node);
+            bytes.put_u16_le(address.len() as u16);
+            bytes.put_slice(address.as_bytes());
+        }
         bytes
+    }
+
+    #[test]
+    fn a_membership_address_has_one_encoding_and_names_a_voter() {
+        let address = "127.0.0.1:7004/127.0.0.1:8004";
+        let bytes = membership_bytes_of(&[1, 4], &[(4, address)]);
+        let membership = decode_membership(&mut &bytes[..]).unwrap();
+        assert_eq!(membership.addresses[&4], address);
+        let mut encoded = Vec::new();
+        encode_membership(&membership, &mut encoded);
+        assert_eq!(encoded, bytes);
+
+        let long = "x".repeat(NODE_ADDRESS_BYTES_MAX + 1);
+        for (addresses, refused) in [
+            (&[(2, address)][..], 2),               // not a voter
+            (&[(4, address), (1, address)][..], 1), // out of order
+            (&[(4, "")][..], 4),                    // empty
+            (&[(4, long.as_str())][..], 4),         // too long
+        ] {
+            let bytes = membership_bytes_of(&[1, 4], addresses);
+            assert_eq!(
+                decode_membership(&mut &bytes[..]),
+                Err(EntryDecodeError::BadAddress(refused)),
+                "{addresses:?}"
+            );
+        }
+        let mut bytes = membership_bytes_of(&[1, 4], &[(4, "ab")]);
+        let at = bytes.len() - 1;
+        bytes[at] = 0xFF; // not UTF-8
+        assert_eq!(
+            decode_membership(&mut &bytes[..]),
+            Err(EntryDecodeError::BadAddress(4))
+        );
+    }
+
+    #[test]
+    fn a_membership_logged_before_addresses_still_reads() {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&1u64.to_le_bytes()); // index
+        payload.extend_from_slice(&1u64.to_le_bytes()); // term
+        payload.push(KIND_MEMBERSHIP_VOTERS);
+        payload.put_u16_le(2);
+        payload.extend_from_slice(&1u64.to_le_bytes());
+        payload.extend_from_slice(&3u64.to_le_bytes());
+        let entry = decode_entry_payload(&mut &payload[..]).unwrap();
+        assert_eq!(entry.kind, EntryKind::Membership(Membership::new([1, 3])));
     }
 
     #[test]

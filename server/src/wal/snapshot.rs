@@ -1,14 +1,16 @@
 //! Snapshots of a shard's persistent locks, so the log before them can be deleted.
 //!
 //! ```text
-//! file   = magic "KAHUSNP2" | last_index u64 | last_term u64 | voters | count u64
-//!          | count x lock | crc32c u32
-//! voters = n u16 | n x node id u64          (the Raft membership at last_index)
-//! lock   = token u64 | ttl_ms u64 | key bytes16 | owner bytes16
+//! file       = magic "KAHUSNP3" | last_index u64 | last_term u64 | membership | count u64
+//!              | count x lock | crc32c u32
+//! membership = the Raft membership at last_index, as a log record writes it
+//!              (`record.rs`: voters, then the addresses of voters added at run time)
+//! lock       = token u64 | ttl_ms u64 | key bytes16 | owner bytes16
 //! ```
 //!
-//! Files written before replication (magic "KAHUSNP1") have no `voters` field and are read
-//! with an empty one (the founding membership applies).
+//! Older files are read too: "KAHUSNP2" has only the voters (`n u16 | n x node id u64`),
+//! "KAHUSNP1" (before replication) not even those, read as an empty membership (the
+//! founding one applies).
 //!
 //! Little-endian; the checksum (CRC-32C) covers every byte before it. `ttl_ms` is the lease
 //! left when the snapshot was taken; whoever loads it counts that in full from the load,
@@ -17,7 +19,11 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-const MAGIC: &[u8; 8] = b"KAHUSNP2";
+use super::record::{decode_membership, encode_membership};
+use crate::raft::Membership;
+
+const MAGIC: &[u8; 8] = b"KAHUSNP3";
+const MAGIC_V2: &[u8; 8] = b"KAHUSNP2";
 const MAGIC_V1: &[u8; 8] = b"KAHUSNP1";
 
 /// One held persistent lock.
@@ -34,8 +40,9 @@ pub struct Snapshot {
     /// The index of the last log entry the snapshot includes.
     pub last_index: u64,
     pub last_term: u64,
-    /// The voters of the shard's Raft group as of `last_index`.
-    pub voters: Vec<u64>,
+    /// The shard's Raft membership as of `last_index` (empty in files written before
+    /// replication).
+    pub membership: Membership,
     pub locks: Vec<SnapshotLock>,
 }
 
@@ -45,10 +52,7 @@ impl Snapshot {
         bytes.put_slice(MAGIC);
         bytes.put_u64_le(self.last_index);
         bytes.put_u64_le(self.last_term);
-        bytes.put_u16_le(u16::try_from(self.voters.len()).expect("voters fit in u16"));
-        for voter in &self.voters {
-            bytes.put_u64_le(*voter);
-        }
+        encode_membership(&self.membership, &mut bytes);
         bytes.put_u64_le(self.locks.len() as u64);
         for lock in &self.locks {
             bytes.put_u64_le(lock.token);
@@ -73,25 +77,29 @@ impl Snapshot {
         if body.len() < 32 {
             return None;
         }
-        let has_voters = match &body[..8] {
-            magic if magic == MAGIC => true,
-            magic if magic == MAGIC_V1 => false,
-            _ => return None,
-        };
+        let magic: [u8; 8] = body[..8].try_into().expect("8 bytes");
         body.advance(8);
         let last_index = body.get_u64_le();
         let last_term = body.get_u64_le();
-        let mut voters = Vec::new();
-        if has_voters {
-            if body.remaining() < 2 {
-                return None;
+        let membership = match &magic {
+            MAGIC => decode_membership(&mut body).ok()?,
+            MAGIC_V2 => {
+                if body.remaining() < 2 {
+                    return None;
+                }
+                let voter_count = body.get_u16_le() as usize;
+                if body.remaining() < voter_count * 8 {
+                    return None;
+                }
+                let voters: Vec<u64> = (0..voter_count).map(|_| body.get_u64_le()).collect();
+                if voters.contains(&0) {
+                    return None;
+                }
+                Membership::new(voters)
             }
-            let voter_count = body.get_u16_le() as usize;
-            if body.remaining() < voter_count * 8 {
-                return None;
-            }
-            voters = (0..voter_count).map(|_| body.get_u64_le()).collect();
-        }
+            MAGIC_V1 => Membership::default(),
+            _ => return None,
+        };
         if body.remaining() < 8 {
             return None;
         }
@@ -115,7 +123,7 @@ impl Snapshot {
         body.is_empty().then_some(Snapshot {
             last_index,
             last_term,
-            voters,
+            membership,
             locks,
         })
     }
@@ -154,7 +162,10 @@ mod tests {
         Snapshot {
             last_index: 42,
             last_term: 3,
-            voters: vec![1, 2, 3],
+            membership: Membership {
+                voters: [1, 2, 3].into(),
+                addresses: [(3, "127.0.0.1:7003/127.0.0.1:8003".to_string())].into(),
+            },
             locks: vec![
                 SnapshotLock {
                     key: Bytes::from_static(b"backup-lock"),
@@ -197,7 +208,23 @@ mod tests {
         v1.put_u32_le(crc);
         let decoded = Snapshot::decode(&v1).expect("a v1 snapshot");
         assert_eq!((decoded.last_index, decoded.last_term), (5, 2));
-        assert!(decoded.voters.is_empty() && decoded.locks.is_empty());
+        assert!(decoded.membership.voters.is_empty() && decoded.locks.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_written_before_addresses_reads_its_voters() {
+        let mut v2 = Vec::new();
+        v2.put_slice(MAGIC_V2);
+        v2.put_u64_le(5);
+        v2.put_u64_le(2);
+        v2.put_u16_le(2);
+        v2.put_u64_le(1);
+        v2.put_u64_le(2);
+        v2.put_u64_le(0);
+        let crc = crc32c::crc32c(&v2);
+        v2.put_u32_le(crc);
+        let decoded = Snapshot::decode(&v2).expect("a v2 snapshot");
+        assert_eq!(decoded.membership, Membership::new([1, 2]));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::record::{Command, Entry};
 use super::snapshot::{Snapshot, SnapshotLock};
 use super::storage::{FaultPoint, FaultyStorage, FileStorage, Storage, DISK_FULL, IO_ERROR};
 use super::{Replay, Wal, WalError, WalOptions, SEGMENT_BYTES_MIN};
-use crate::raft::EntryKind;
+use crate::raft::{EntryKind, Membership};
 
 /// Collects what recovery replays.
 #[derive(Debug, Default)]
@@ -227,7 +227,7 @@ fn compaction_keeps_the_state_and_deletes_what_the_snapshot_covers() {
     let snapshot = Snapshot {
         last_index: wal.durable_index(),
         last_term: 1,
-        voters: vec![1],
+        membership: Membership::new([1]),
         locks: vec![SnapshotLock {
             key: Bytes::from_static(b"held"),
             owner: Bytes::from_static(b"o"),
@@ -257,7 +257,7 @@ fn a_damaged_snapshot_is_refused() {
     let snapshot = Snapshot {
         last_index: 10,
         last_term: 1,
-        voters: vec![1],
+        membership: Membership::new([1]),
         locks: Vec::new(),
     };
     wal.compact(&snapshot).unwrap();
@@ -563,7 +563,7 @@ fn an_installed_snapshot_replaces_the_whole_log() {
     let snapshot = Snapshot {
         last_index: 500,
         last_term: 4,
-        voters: vec![1, 2, 3],
+        membership: Membership::new([1, 2, 3]),
         locks: vec![SnapshotLock {
             key: Bytes::from_static(b"from-the-leader"),
             owner: Bytes::from_static(b"o"),

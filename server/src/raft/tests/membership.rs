@@ -11,7 +11,7 @@ fn an_added_voter_catches_up_and_counts_in_the_quorum() {
     network.add_empty_node(4);
     network
         .raft_mut(1)
-        .propose_membership(MembershipChange::AddVoter(4))
+        .propose_membership(MembershipChange::AddVoter(4, None))
         .expect("leader");
     network.stabilize();
     network.tick_all(2);
@@ -21,6 +21,35 @@ fn an_added_voter_catches_up_and_counts_in_the_quorum() {
     network.isolate(3);
     let last = network.propose(1, &[2]);
     assert_eq!(network.raft(1).commit_index(), last);
+}
+
+#[test]
+fn an_added_voters_address_reaches_every_member_and_leaves_with_it() {
+    let mut network = Network::new(3);
+    network.elect(1);
+    network.add_empty_node(4);
+    let address = "127.0.0.1:7004/127.0.0.1:8004".to_string();
+    network
+        .raft_mut(1)
+        .propose_membership(MembershipChange::AddVoter(4, Some(address.clone())))
+        .expect("leader");
+    network.stabilize();
+    for id in 1..=4 {
+        let membership = network.raft(id).membership();
+        assert_eq!(membership.addresses.get(&4), Some(&address), "node {id}");
+        assert_eq!(membership.addresses.len(), 1, "node {id}");
+    }
+    network
+        .raft_mut(1)
+        .propose_membership(MembershipChange::RemoveVoter(4))
+        .expect("leader");
+    network.stabilize();
+    for id in 1..=3 {
+        assert!(
+            network.raft(id).membership().addresses.is_empty(),
+            "node {id}"
+        );
+    }
 }
 
 #[test]
@@ -67,18 +96,18 @@ fn one_change_at_a_time() {
     network.isolate(1); // keep the first change uncommitted
     network
         .raft_mut(1)
-        .propose_membership(MembershipChange::AddVoter(4))
+        .propose_membership(MembershipChange::AddVoter(4, None))
         .expect("leader");
     assert_eq!(
         network
             .raft_mut(1)
-            .propose_membership(MembershipChange::AddVoter(5)),
+            .propose_membership(MembershipChange::AddVoter(5, None)),
         Err(ProposeError::MembershipChangePending)
     );
     assert!(matches!(
         network
             .raft_mut(2)
-            .propose_membership(MembershipChange::AddVoter(5)),
+            .propose_membership(MembershipChange::AddVoter(5, None)),
         Err(ProposeError::NotLeader { .. })
     ));
 }
@@ -115,13 +144,13 @@ fn a_single_voter_that_forgot_entries_needs_a_snapshot_before_adding_a_voter() {
     assert_eq!(
         network
             .raft_mut(1)
-            .propose_membership(MembershipChange::AddVoter(2)),
+            .propose_membership(MembershipChange::AddVoter(2, None)),
         Err(ProposeError::SnapshotNeeded)
     );
     let snapshot = super::snapshot_of(&network, 1);
     network.raft_mut(1).compact(snapshot);
     network
         .raft_mut(1)
-        .propose_membership(MembershipChange::AddVoter(2))
+        .propose_membership(MembershipChange::AddVoter(2, None))
         .expect("with a snapshot covering what was forgotten");
 }

@@ -544,7 +544,7 @@ impl Simulation {
             }
             MembershipChange::RemoveVoter(target)
         } else {
-            MembershipChange::AddVoter(target)
+            MembershipChange::AddVoter(target, None)
         };
         let node = self.nodes.get_mut(&id).expect("a node");
         if node.raft.propose_membership(change).is_ok() {

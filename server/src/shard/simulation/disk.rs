@@ -9,9 +9,10 @@
 //!
 //! Faults: while [`DiskFault::SyncsFail`] is on, every sync fails (EIO: the power is
 //! going); while [`DiskFault::WritesFail`] is on, every segment write writes half its
-//! bytes and fails (ENOSPC). Whole-file operations never fail: the replica panics when it
-//! cannot store a snapshot a leader sent or read back its own (the process aborts, which
-//! the simulation models as a crash instead).
+//! bytes and fails (ENOSPC), and so does every atomic file write (a snapshot, a leader's
+//! snapshot being installed, the term and vote), leaving the old file. Reads, renames and
+//! removals never fail: the replica panics when it cannot read back its own snapshot (the
+//! process aborts, which the simulation models as a crash instead).
 //!
 //! A crash starts a new incarnation: handles of the dead process (a log's segment files,
 //! its background spare-segment thread) get errors from then on and change nothing.
@@ -184,6 +185,9 @@ impl Storage for SimDisk {
 
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut state = self.alive()?;
+        if state.fault == DiskFault::WritesFail {
+            return Err(io::Error::from_raw_os_error(DISK_FULL));
+        }
         state
             .files
             .insert(path.to_path_buf(), File::durable(bytes.to_vec()));

@@ -766,7 +766,7 @@ proptest! {
         for (number, (step, persistent)) in steps.into_iter().enumerate() {
             if number == snapshot_step {
                 let locks = h.table.persistent_locks(h.now);
-                snapshot = Some((crate::wal::snapshot::Snapshot { last_index: 0, last_term: 1, voters: Vec::new(), locks }, h.log.len()));
+                snapshot = Some((crate::wal::snapshot::Snapshot { last_index: 0, last_term: 1, membership: Default::default(), locks }, h.log.len()));
             }
             h.durability = if persistent { Durability::Persistent } else { Durability::Ephemeral };
             let replies = match step {
