@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use kahu_client::Client;
 use kahu_protocol::{ErrorCode, Request, Response};
 use kahu_server::{Config, RunningServer, Server};
 use kahu_tests::{get, lock, token, unlock, RawClient, STEP_TIMEOUT};
@@ -21,6 +22,10 @@ struct Node {
 
 struct Cluster {
     nodes: BTreeMap<u64, Node>,
+    /// The founders' `--peers`.
+    peers: String,
+    tick_ms: u64,
+    election_ticks: u32,
 }
 
 /// Attempts at starting a cluster on freshly picked ports.
@@ -36,8 +41,14 @@ impl Cluster {
     /// Starts `size` nodes. A port picked for one node can be taken by someone else before
     /// the node binds it; then the whole cluster starts again on new ports (bounded).
     async fn start(size: u64) -> Cluster {
+        Cluster::start_with_timing(size, 10, 10).await
+    }
+
+    /// [`Cluster::start`] with Raft ticks of `tick_ms` and elections after
+    /// `election_ticks` of them.
+    async fn start_with_timing(size: u64, tick_ms: u64, election_ticks: u32) -> Cluster {
         for _ in 0..START_ATTEMPTS_MAX {
-            match Cluster::try_start(size).await {
+            match Cluster::try_start(size, tick_ms, election_ticks).await {
                 Ok(cluster) => return cluster,
                 Err(error) => eprintln!("cluster start failed, retrying on new ports: {error}"),
             }
@@ -45,7 +56,11 @@ impl Cluster {
         panic!("the cluster did not start in {START_ATTEMPTS_MAX} attempts");
     }
 
-    async fn try_start(size: u64) -> Result<Cluster, kahu_server::ServerError> {
+    async fn try_start(
+        size: u64,
+        tick_ms: u64,
+        election_ticks: u32,
+    ) -> Result<Cluster, kahu_server::ServerError> {
         let addresses: BTreeMap<u64, (SocketAddr, SocketAddr)> = (1..=size)
             .map(|id| (id, (free_port(), free_port())))
             .collect();
@@ -56,6 +71,9 @@ impl Cluster {
         let peers = peers.join(",");
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
+            peers: peers.clone(),
+            tick_ms,
+            election_ticks,
         };
         for (&id, &(client, _)) in &addresses {
             let data_dir = tempfile::tempdir().expect("data directory");
@@ -63,7 +81,8 @@ impl Cluster {
             config.listen = client;
             config.node_id = id;
             config.peers = peers.clone();
-            config.tick_ms = 10;
+            config.tick_ms = tick_ms;
+            config.election_ticks = election_ticks;
             let server = match Server::start(config).await {
                 Ok(server) => server,
                 Err(error) => {
@@ -84,6 +103,47 @@ impl Cluster {
             );
         }
         Ok(cluster)
+    }
+
+    /// Starts node `id` with an empty data directory and `--join`: a voter of nothing
+    /// until it is added. Returns its `PEER_ADDR/CLIENT_ADDR`.
+    async fn join(&mut self, id: u64) -> String {
+        for _ in 0..START_ATTEMPTS_MAX {
+            let (client, peer) = (free_port(), free_port());
+            let data_dir = tempfile::tempdir().expect("data directory");
+            let mut config = Config::for_tests(data_dir.path());
+            config.listen = client;
+            config.peer_listen = Some(peer);
+            config.node_id = id;
+            config.peers = self.peers.clone();
+            config.join = true;
+            config.tick_ms = self.tick_ms;
+            config.election_ticks = self.election_ticks;
+            match Server::start(config).await {
+                Ok(server) => {
+                    let address = format!("{peer}/{client}");
+                    self.nodes.insert(
+                        id,
+                        Node {
+                            server: Some(server),
+                            client,
+                            _data_dir: data_dir,
+                        },
+                    );
+                    return address;
+                }
+                Err(error) => eprintln!("node {id} did not start, retrying on new ports: {error}"),
+            }
+        }
+        panic!("node {id} did not start in {START_ATTEMPTS_MAX} attempts");
+    }
+
+    /// A client of every running node.
+    async fn client(&self) -> Client {
+        let addresses: Vec<SocketAddr> = self.running().map(|(_, address)| address).collect();
+        Client::connect_cluster(addresses)
+            .await
+            .expect("the client connects")
     }
 
     fn running(&self) -> impl Iterator<Item = (u64, SocketAddr)> + '_ {
@@ -159,15 +219,25 @@ impl Cluster {
     async fn wait_until_settled(&self) {
         let started = Instant::now();
         loop {
-            assert!(
-                started.elapsed() < STEP_TIMEOUT,
-                "the cluster did not settle"
-            );
             let mut infos = Vec::new();
             for (_, address) in self.running() {
                 infos.push(self.info(address).await);
             }
             let shards = infos[0]["shards"];
+            if started.elapsed() >= STEP_TIMEOUT {
+                let raft: Vec<String> = infos
+                    .iter()
+                    .map(|info| {
+                        let fields: Vec<String> = info
+                            .iter()
+                            .filter(|(name, _)| name.starts_with("shard") || name.contains("peer"))
+                            .map(|(name, value)| format!("{name}={value}"))
+                            .collect();
+                        fields.join(" ")
+                    })
+                    .collect();
+                panic!("the cluster did not settle:\n{}", raft.join("\n"));
+            }
             let settled = (0..shards).all(|shard| {
                 let leaders = infos
                     .iter()
@@ -292,6 +362,100 @@ async fn a_lock_survives_its_leader_and_tokens_keep_growing() {
         .await;
     if let Response::Acquired(acquired) = cache {
         assert!(acquired.token > ephemeral_token);
+    }
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_a_founder_leaves_and_every_acknowledged_lock_stays() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_until_settled().await;
+    let (granted, _) = cluster
+        .call(&lock("nightly-backup", "alice", 60_000, 0))
+        .await;
+    let held = token(&granted);
+
+    // Phase 1: node 4 starts empty, a voter of nothing; it is added to every shard and
+    // catches up (a snapshot or the log) until it has applied what the others have.
+    let address = cluster.join(4).await;
+    let client = cluster.client().await;
+    let shards = client.add_node(4, &address).await.expect("node 4 is added");
+    assert!(!shards.is_empty());
+    for (shard, voters) in &shards {
+        assert_eq!(voters, &[1, 2, 3, 4], "shard {shard}");
+    }
+    // Adding it again changes nothing (a command cut short can be run again).
+    assert_eq!(client.add_node(4, &address).await.expect("again"), shards);
+    cluster.wait_until_settled().await;
+
+    // Phase 2: founder 1 leaves every shard (it may lead some: it hands them over), then
+    // stops.
+    let shards = client.remove_node(1).await.expect("node 1 is removed");
+    for (shard, voters) in &shards {
+        assert_eq!(voters, &[2, 3, 4], "shard {shard}");
+    }
+    cluster.stop(1).await;
+
+    // Phase 3: node 4 is a real voter: with node 3 stopped too, nodes 2 and 4 are a
+    // majority of {2, 3, 4} and serve the lock as it was acknowledged.
+    cluster.stop(3).await;
+    cluster.wait_until_settled().await;
+    match cluster.call(&get("nightly-backup")).await.0 {
+        Response::LockInfo(info) => {
+            assert_eq!(info.owner, "alice");
+            assert_eq!(info.token, held);
+        }
+        other => panic!("the acknowledged grant was lost: {other:?}"),
+    }
+    let (released, _) = cluster.call(&unlock("nightly-backup", "alice")).await;
+    assert!(matches!(released, Response::Released(_)), "{released:?}");
+    let (regranted, _) = cluster
+        .call(&lock("nightly-backup", "bob", 60_000, 0))
+        .await;
+    assert!(token(&regranted) > held);
+    drop(client);
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_its_shards_over_without_an_election_timeout() {
+    // Elections take 1.5-3 s here, so a new leader within a second of the stop can only
+    // come from the stopping node's hand-over.
+    let mut cluster = Cluster::start_with_timing(3, 10, 150).await;
+    cluster.wait_until_settled().await;
+    let (granted, leader) = cluster.call(&lock("report", "carol", 60_000, 0)).await;
+    let held = token(&granted);
+    cluster.wait_until_settled().await;
+    let leader_id = cluster
+        .running()
+        .find(|&(_, address)| address == leader)
+        .unwrap()
+        .0;
+    cluster.stop(leader_id).await;
+
+    let stopped = Instant::now();
+    loop {
+        let mut led = 0;
+        let mut shards = 0;
+        for (_, address) in cluster.running() {
+            let info = cluster.info(address).await;
+            shards = info["shards"];
+            led += (0..shards)
+                .filter(|shard| info[&format!("shard{shard}_is_leader")] == 1)
+                .count() as u64;
+        }
+        if led == shards {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(1),
+            "the shards of node {leader_id} waited for an election"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match cluster.call(&get("report")).await.0 {
+        Response::LockInfo(info) => assert_eq!(info.token, held),
+        other => panic!("{other:?}"),
     }
     cluster.stop_all().await;
 }
