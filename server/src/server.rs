@@ -218,7 +218,8 @@ impl Server {
             data_dir = %data_dir.path().display(),
             shards = shared.shards.len(),
             node = config.node_id,
-            nodes = founders.len(),
+            founders = founders.len(),
+            joining = config.join,
             peer_address = ?peers.as_ref().map(RunningPeers::local_addr),
             epoch,
             "kahu-server started"
