@@ -34,6 +34,16 @@ impl Moment {
         Moment(nanoseconds)
     }
 
+    /// This moment moved as far from `origin` as it is from the clock's origin: a moment
+    /// counted from the origin, counted from `origin` instead.
+    pub fn counted_from(self, origin: Moment) -> Moment {
+        Moment(
+            self.0
+                .checked_add(origin.0)
+                .unwrap_or_else(|| panic!("{self:?} counted from {origin:?} is out of range")),
+        )
+    }
+
     /// Whole milliseconds from `earlier` to this moment (rounded down), 0 if `earlier` is
     /// not earlier.
     pub fn milliseconds_since(self, earlier: Moment) -> u64 {

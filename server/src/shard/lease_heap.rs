@@ -52,6 +52,14 @@ impl LeaseHeap {
         self.sift_up(position, entry);
     }
 
+    /// Moves every deadline by the same distance, `origin` from the clock's origin (see
+    /// [`Moment::counted_from`]): the order, and so the heap, stays as it is. O(n).
+    pub fn count_from(&mut self, origin: Moment) {
+        for entry in &mut self.entries {
+            entry.deadline = entry.deadline.counted_from(origin);
+        }
+    }
+
     /// Removes the lease of `slot`, which must be armed at `deadline`.
     pub fn remove(&mut self, slot: u32, deadline: Moment) {
         let removed = self.remove_if_armed(slot, deadline);

@@ -12,11 +12,14 @@
 //!
 //! The table: a leader's table decides requests and runs ahead of the committed log by the
 //! entries in flight (their replies wait for the commit: [`LockTable::begin_commit`]).
-//! A follower's table applies committed entries, leases counted from when it applies
-//! them (later than the leader counted, so never early). Whenever this node stops leading,
-//! or starts serving as leader, the table is rebuilt from the newest snapshot and the
-//! committed log, with `now` as the time every lease starts: a new leader honours every
-//! lease it inherits in full, and a deposed one forgets what it decided but never
+//! A table that does not serve (a follower's, or a new leader's until it serves) is
+//! exactly the applied state: the newest snapshot plus the committed entries, each lease
+//! held as its whole length (counted from the table clock's origin,
+//! [`Restorer::counting_from_origin`]). When this node starts serving as leader, every
+//! lease starts in full at that moment ([`LockTable::restart_leases`], O(n) without a
+//! rebuild, so a large shard's new leader keeps up its heartbeats): a new leader honours
+//! every lease it inherits in full. When it stops serving, the table is rebuilt from the
+//! snapshot and the committed log: a deposed leader forgets what it decided but never
 //! committed. Ephemeral locks and waiters are not in the log, so they end with the
 //! leadership; their clients are told NOT_LEADER.
 //!
@@ -254,13 +257,12 @@ impl Replica {
     pub(super) fn start(&mut self, now: Instant) {
         let started = Instant::now();
         self.report_membership();
+        // The table starts as the snapshot plus the applied log and grows by what is
+        // applied; once this node leads, its leases start in full then.
+        self.rebuild_table();
         let membership = self.raft.membership();
         if membership.voters.len() == 1 && membership.contains(self.raft.id()) {
-            // Its table is built once it leads (just below).
             self.raft.campaign_now();
-        } else {
-            // A follower's table starts as the snapshot and grows by what it applies.
-            self.rebuild_table(now);
         }
         let mut output = Output::default();
         self.drive(now, &mut output);
@@ -298,6 +300,17 @@ impl Replica {
     #[cfg(test)]
     pub(super) fn raft(&self) -> &Raft<Command> {
         &self.raft
+    }
+
+    /// The persistent locks of this node's table with the lease each has left at `now`
+    /// (a table that does not serve holds whole leases: see the module doc).
+    #[cfg(test)]
+    pub(super) fn persistent_locks(&self, now: Instant) -> Vec<crate::wal::snapshot::SnapshotLock> {
+        if self.serving {
+            self.table.persistent_locks(now)
+        } else {
+            self.table.persistent_locks_counted_from_origin()
+        }
     }
 
     pub(super) fn table(&mut self) -> &mut LockTable<ReplyTo> {
@@ -710,8 +723,8 @@ impl Replica {
                 snapshot,
                 appended: false,
             };
-            match self.persist(&mut unpersisted, now) {
-                Ok(()) => self.after_persist(unpersisted.ready, now, output),
+            match self.persist(&mut unpersisted) {
+                Ok(()) => self.after_persist(unpersisted.ready, output),
                 Err(error) => {
                     self.storage_failed(&error, output);
                     self.unpersisted = Some(unpersisted);
@@ -759,9 +772,9 @@ impl Replica {
         });
     }
 
-    fn persist(&mut self, pending: &mut Unpersisted, now: Instant) -> Result<(), WalError> {
+    fn persist(&mut self, pending: &mut Unpersisted) -> Result<(), WalError> {
         if let Some(snapshot) = &pending.snapshot {
-            self.install_snapshot(snapshot, now)?;
+            self.install_snapshot(snapshot)?;
             pending.snapshot = None;
         }
         let ready = &pending.ready;
@@ -789,12 +802,13 @@ impl Replica {
         Ok(())
     }
 
-    fn after_persist(&mut self, ready: Ready<Command>, now: Instant, output: &mut Output<ReplyTo>) {
+    fn after_persist(&mut self, ready: Ready<Command>, output: &mut Output<ReplyTo>) {
         self.peers.send(self.shard, ready.messages_after_persist);
-        if !self.raft.is_leader() {
-            // A follower applies what the leader decided; a leader decided it itself (its
-            // table is ahead), or rebuilds its table when it starts serving.
-            let mut restorer = Restorer::new(&mut self.table, now);
+        if !self.serving {
+            // A follower (or a leader not serving yet) applies what was decided, leases
+            // counted from the origin until it serves; a serving leader decided it itself
+            // (its table is ahead), or, deposed in this ready, rebuilds its table below.
+            let mut restorer = Restorer::counting_from_origin(&mut self.table);
             for index in ready.committed.clone() {
                 let entry = self.raft.log_entry(index).expect("a committed entry");
                 restorer.apply_entry(entry);
@@ -804,12 +818,12 @@ impl Replica {
             self.confirmed(read.context);
         }
         if let Some(role) = ready.role {
-            self.role_changed(role, now, output);
+            self.role_changed(role, output);
         }
         self.raft.advance();
     }
 
-    fn role_changed(&mut self, role: RoleChange, now: Instant, output: &mut Output<ReplyTo>) {
+    fn role_changed(&mut self, role: RoleChange, output: &mut Output<ReplyTo>) {
         tracing::debug!(shard = self.shard, ?role, "raft role");
         if !self.serving {
             return;
@@ -825,7 +839,7 @@ impl Replica {
             return;
         }
         self.depose(output);
-        self.rebuild_table(now);
+        self.rebuild_table();
     }
 
     /// Deposed: what this table decided but never committed, its ephemeral locks and its
@@ -857,13 +871,22 @@ impl Replica {
         )
     }
 
-    /// A leader serves once every entry before its term is applied: then its table,
-    /// rebuilt now, holds every decision of earlier leaders, leases counted from now.
+    /// A leader serves once every entry before its term is applied: then its table holds
+    /// every decision of earlier leaders, and every lease starts in full now. (The table
+    /// is the applied state, leases counted from the origin, since this node last stopped
+    /// serving: no rebuild, which would keep a large shard from its heartbeats.)
     fn start_serving_if_caught_up(&mut self, now: Instant) {
         if self.raft.applied_index() < self.raft.term_start_index() {
             return;
         }
-        self.rebuild_table(now);
+        let started = Instant::now();
+        self.table.restart_leases(now);
+        tracing::info!(
+            shard = self.shard,
+            keys = self.table.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "taking over: every inherited lease starts in full now"
+        );
         self.serve_in_term(self.raft.term());
     }
 
@@ -884,10 +907,11 @@ impl Replica {
         tracing::debug!(shard = self.shard, term, "serving as leader");
     }
 
-    /// Replaces the table with the newest snapshot plus the applied log.
-    fn rebuild_table(&mut self, now: Instant) {
+    /// Replaces the table with the newest snapshot plus the applied log, leases counted
+    /// from the origin (see [`Restorer::counting_from_origin`]).
+    fn rebuild_table(&mut self) {
         let started = Instant::now();
-        self.table = self.applied_table(now);
+        self.table = self.applied_table(None);
         tracing::info!(
             shard = self.shard,
             keys = self.table.len(),
@@ -898,10 +922,13 @@ impl Replica {
     }
 
     /// A table holding exactly the applied state: the newest snapshot plus the applied
-    /// log, every lease counted from `now`.
-    fn applied_table(&self, now: Instant) -> LockTable<ReplyTo> {
+    /// log, every lease counted from `now` (`None`: from the table clock's origin).
+    fn applied_table(&self, now: Option<Instant>) -> LockTable<ReplyTo> {
         let mut table = LockTable::new(TokenSource::new(1), self.waiters_per_lock_max);
-        let mut restorer = Restorer::new(&mut table, now);
+        let mut restorer = match now {
+            Some(now) => Restorer::new(&mut table, now),
+            None => Restorer::counting_from_origin(&mut table),
+        };
         match self.wal.load_snapshot() {
             Ok(Some(snapshot)) => restorer.restore(&snapshot),
             Ok(None) => {}
@@ -928,11 +955,7 @@ impl Replica {
     /// A snapshot from the leader replaces this node's log and table. A disk error leaves
     /// both as they were, to be tried again (storing it again is harmless); until then
     /// nothing after it is written or acknowledged.
-    fn install_snapshot(
-        &mut self,
-        snapshot: &raft::Snapshot,
-        now: Instant,
-    ) -> Result<(), WalError> {
+    fn install_snapshot(&mut self, snapshot: &raft::Snapshot) -> Result<(), WalError> {
         // Checked in `step` before the core took it.
         let decoded = Snapshot::decode(&snapshot.data).unwrap_or_else(|| {
             panic!(
@@ -942,7 +965,7 @@ impl Replica {
         });
         self.wal.install_snapshot(&decoded)?;
         let mut table = LockTable::new(TokenSource::new(1), self.waiters_per_lock_max);
-        Restorer::new(&mut table, now).restore(&decoded);
+        Restorer::counting_from_origin(&mut table).restore(&decoded);
         self.table = table;
         Ok(())
     }
@@ -991,10 +1014,10 @@ impl Replica {
         let Some(mut pending) = self.unpersisted.take() else {
             return Ok(());
         };
-        match self.persist(&mut pending, now) {
+        match self.persist(&mut pending) {
             Ok(()) => {
                 tracing::info!(shard = self.shard, "the write-ahead log is writable again");
-                self.after_persist(pending.ready, now, output);
+                self.after_persist(pending.ready, output);
                 self.drive(now, output);
                 self.send_committed(output);
                 Ok(())
@@ -1039,14 +1062,15 @@ impl Replica {
         if applied <= self.wal.snapshot_index() {
             return;
         }
-        // A follower's table is the applied state; so is a leader's with nothing in
-        // flight. A busy leader's table is ahead: replay the applied state aside.
-        let table_is_applied_state =
-            !self.raft.is_leader() || (self.serving && applied == self.raft.last_index());
-        let locks = if table_is_applied_state {
+        // A table that does not serve is the applied state (leases counted from the
+        // origin); so is a serving leader's with nothing in flight. A busy leader's table
+        // is ahead: replay the applied state aside.
+        let locks = if !self.serving {
+            self.table.persistent_locks_counted_from_origin()
+        } else if applied == self.raft.last_index() {
             self.table.persistent_locks(now)
         } else if self.raft.first_index() <= self.wal.snapshot_index() + 1 {
-            self.applied_table(now).persistent_locks(now)
+            self.applied_table(Some(now)).persistent_locks(now)
         } else {
             return; // entries forgotten (one voter) and the table ahead: next turn
         };

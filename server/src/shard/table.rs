@@ -157,6 +157,27 @@ impl<R: ReplyTarget> LockTable<R> {
         let Some(now) = self.clock.moment_if_started(now) else {
             return Vec::new();
         };
+        self.persistent_locks_at(now)
+    }
+
+    /// Every persistent lock of a table restored with leases counted from its clock's
+    /// origin ([`Restorer::counting_from_origin`]), each with its whole lease.
+    pub fn persistent_locks_counted_from_origin(&self) -> Vec<SnapshotLock> {
+        self.persistent_locks_at(Moment::default())
+    }
+
+    /// A table restored with leases counted from its clock's origin (a follower's: see
+    /// [`Restorer::counting_from_origin`]) counts them from `now` instead: every lease
+    /// starts in full now, as when a new leader inherits them. O(n), no allocation.
+    pub fn restart_leases(&mut self, now: Instant) {
+        let now = self.clock.moment(now);
+        for slot in &mut self.slots {
+            slot.expires_at = slot.expires_at.counted_from(now);
+        }
+        self.timers.count_leases_from(now);
+    }
+
+    fn persistent_locks_at(&self, now: Moment) -> Vec<SnapshotLock> {
         self.index
             .iter()
             .filter_map(|&index| {
@@ -749,6 +770,19 @@ impl<'a, R: ReplyTarget> Restorer<'a, R> {
         Restorer {
             table,
             now,
+            token_max: 0,
+        }
+    }
+
+    /// A restorer that counts every lease from the clock's origin rather than from a
+    /// `now`: the table then holds each lock's whole lease (its ttl as logged, or as the
+    /// snapshot left it), so that [`LockTable::restart_leases`] can start them all in full
+    /// at once when this node takes over, instead of rebuilding the table. Such a table
+    /// must not decide anything (it has no waiters, and fires no timers) until then.
+    pub fn counting_from_origin(table: &'a mut LockTable<R>) -> Restorer<'a, R> {
+        Restorer {
+            table,
+            now: Moment::default(),
             token_max: 0,
         }
     }

@@ -62,6 +62,13 @@ impl TimerQueue {
         self.leases.insert(slot, deadline);
     }
 
+    /// Moves every lease end by `origin` (see [`LeaseHeap::count_from`]); only for a queue
+    /// without waiters.
+    pub fn count_leases_from(&mut self, origin: Moment) {
+        assert!(self.waiters.is_empty(), "waiter deadlines are absolute");
+        self.leases.count_from(origin);
+    }
+
     /// Removes the lease of `slot`, which must be armed at `deadline`.
     pub fn remove_lease(&mut self, slot: u32, deadline: Moment) {
         self.leases.remove(slot, deadline);

@@ -19,9 +19,9 @@
 //! Only a leader that has applied every entry before its term (its first entry is
 //! committed and applied) serves requests: before that its table could miss a decision an
 //! earlier leader made. Requests that arrive in between wait for it. Followers answer
-//! NOT_LEADER with the leader's id. On every change of leader the table is rebuilt from
-//! the snapshot and the committed log (see `replica.rs`): leases counted in full from the
-//! change, ephemeral locks and waiters gone (their clients are told NOT_LEADER).
+//! NOT_LEADER with the leader's id. On every change of leader the table becomes the
+//! committed state (see `replica.rs`): leases counted in full from the change, ephemeral
+//! locks and waiters gone (their clients are told NOT_LEADER).
 //!
 //! Each turn's decisions form one commit with a sequence number; the table holds back every
 //! reply about a lock whose last decision is in a commit not yet committed by Raft (reads

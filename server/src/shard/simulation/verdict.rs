@@ -196,7 +196,7 @@ impl Simulation {
     }
 
     /// Every replica holds the same persistent grants as its leader (key, owner, token;
-    /// leases differ: each counts from when it applied the grant).
+    /// leases differ: a follower holds each whole, to start in full if it takes over).
     ///
     /// Strict: every grant, read as of the start of the run so that no lease has ended.
     /// Otherwise only the leader's grants with more than 2 s left must be everywhere: the
@@ -215,7 +215,6 @@ impl Simulation {
                 worker
                     .turns
                     .replica
-                    .table()
                     .persistent_locks(at)
                     .into_iter()
                     .filter(|lock| lock.ttl_ms > ttl_ms_min)

@@ -876,3 +876,67 @@ fn a_persistent_lease_that_ends_is_logged_as_released() {
         matches!(&h.log[..], [crate::wal::record::Command::Grant { .. }, crate::wal::record::Command::Release { token: released, .. }] if *released == token)
     );
 }
+
+#[test]
+fn a_table_counted_from_the_origin_starts_every_lease_in_full_when_it_takes_over() {
+    let start = Instant::now();
+    let mut table: LockTable<TestReply> = LockTable::new(TokenSource::new(1), 16);
+    // The clock may have seen instants before (a follower's table is given some).
+    table.cancel_connection(9, start, &mut Output::default());
+    let entry = |index: u64, command: Command| Entry {
+        index,
+        term: 1,
+        kind: crate::raft::EntryKind::Command(command),
+    };
+    let grant = |key: &str, owner: &str, token: u64, ttl_ms: u64| Command::Grant {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        owner: Bytes::copy_from_slice(owner.as_bytes()),
+        token,
+        ttl_ms,
+    };
+    {
+        let mut restorer = Restorer::counting_from_origin(&mut table);
+        restorer.apply_entry(&entry(1, grant("short", "a", 5, 1_000)));
+        restorer.apply_entry(&entry(2, grant("long", "b", 6, 60_000)));
+        restorer.apply_entry(&entry(
+            3,
+            Command::Extend {
+                key: Bytes::from_static(b"short"),
+                token: 5,
+                ttl_ms: 2_000,
+            },
+        ));
+    }
+    // Phase 1: before taking over, a snapshot records each lock's whole lease.
+    let ttls = |locks: Vec<crate::wal::snapshot::SnapshotLock>| {
+        let mut ttls: Vec<(Bytes, u64)> = locks
+            .into_iter()
+            .map(|lock| (lock.key, lock.ttl_ms))
+            .collect();
+        ttls.sort();
+        ttls
+    };
+    let whole = vec![
+        (Bytes::from_static(b"long"), 60_000),
+        (Bytes::from_static(b"short"), 2_000),
+    ];
+    assert_eq!(ttls(table.persistent_locks_counted_from_origin()), whole);
+
+    // Phase 2: an hour later this node takes over: every lease starts in full then.
+    let takeover = start + Duration::from_secs(3600);
+    table.restart_leases(takeover);
+    assert_eq!(
+        table.next_deadline(),
+        Some(takeover + Duration::from_secs(2))
+    );
+    assert_eq!(ttls(table.persistent_locks(takeover)), whole);
+
+    // Phase 3: the leases end exactly then, not before.
+    let mut out = Output::default();
+    table.fire_timers(takeover + Duration::from_millis(1_999), 16, &mut out);
+    assert!(holder_of(&table, "short", takeover + Duration::from_millis(1_999)).is_some());
+    table.fire_timers(takeover + Duration::from_secs(2), 16, &mut out);
+    assert!(holder_of(&table, "short", takeover + Duration::from_secs(2)).is_none());
+    let long = holder_of(&table, "long", takeover + Duration::from_secs(2)).expect("held");
+    assert_eq!(long.3, Duration::from_secs(58));
+}
