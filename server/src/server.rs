@@ -284,7 +284,7 @@ impl RunningServer {
             // wait for that (the core gives up after an election timeout) while the peer
             // connections still carry it, so the cluster does not wait out an election.
             let deadline = Instant::now() + self.hand_over_max;
-            while self.shared.shards.leading() > 0 && Instant::now() < deadline {
+            while self.shared.shards.handing_over() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(HAND_OVER_POLL).await;
             }
         }

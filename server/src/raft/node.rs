@@ -209,6 +209,12 @@ impl<C: Payload> Raft<C> {
         self.role == Role::Leader
     }
 
+    /// The index of the entry the latest membership came from (the snapshot's index, or
+    /// 0, for the base one): it is committed once the commit index reaches it.
+    pub fn membership_index(&self) -> u64 {
+        self.memberships.last().expect("a membership").0
+    }
+
     pub fn membership(&self) -> &Membership {
         &self.memberships.last().expect("a membership").1
     }

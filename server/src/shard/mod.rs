@@ -19,7 +19,7 @@ mod worker;
 
 pub use replica::RaftTiming;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -117,6 +117,8 @@ impl PeerOutbox for NoPeers {
 pub struct ShardStats {
     values: [AtomicU64; STAT_NAMES.len()],
     raft: [AtomicU64; RAFT_STAT_NAMES.len()],
+    /// The node is stopping and this shard's leadership is being handed over.
+    handing_over: AtomicBool,
 }
 
 /// INFO field names of a shard's Raft state, each prefixed `shard<N>_`, in
@@ -380,16 +382,21 @@ impl ShardSet {
     }
 
     pub fn shutdown(&self) {
+        // Until each worker has looked (see `Replica::hand_over_if_wanted`).
+        for stats in &self.stats {
+            stats.handing_over.store(true, Ordering::Relaxed);
+        }
         for sender in &self.senders {
             let _ = sender.send(ShardMessage::Shutdown);
         }
     }
 
-    /// How many shards this node leads now (as last published by their workers).
-    pub fn leading(&self) -> usize {
+    /// Shards whose leadership this stopping node is handing over (until it leads them no
+    /// more, as last published by their workers).
+    pub fn handing_over(&self) -> usize {
         self.stats
             .iter()
-            .filter(|stats| stats.raft[0].load(Ordering::Relaxed) != 0)
+            .filter(|stats| stats.handing_over.load(Ordering::Relaxed))
             .count()
     }
 

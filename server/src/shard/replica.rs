@@ -28,6 +28,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ use super::{PeerOutbox, ReplyTo, ShardStats, WorkerCounters};
 use crate::raft::{
     self, HardState, Membership, NodeId, Raft, Ready, Role, RoleChange, SnapshotMeta,
 };
-use crate::wal::record::{Command, Entry};
+use crate::wal::record::{Command, Entry, VOTERS_MAX};
 use crate::wal::snapshot::Snapshot;
 use crate::wal::storage::Storage;
 use crate::wal::{raft_state, Replay, Wal, WalError};
@@ -162,6 +163,8 @@ pub(super) struct Replica {
     /// A membership change found entries forgotten without a snapshot (a one-voter
     /// group): the next turn takes a snapshot whatever the log's size.
     snapshot_wanted: bool,
+    /// The node is stopping: hand the group over at the end of this turn.
+    hand_over_wanted: bool,
 }
 
 /// How to build a replica.
@@ -249,6 +252,7 @@ impl Replica {
             reported_membership: None,
             members_pending: Vec::new(),
             snapshot_wanted: false,
+            hand_over_wanted: false,
         })
     }
 
@@ -401,9 +405,31 @@ impl Replica {
     /// then on requests get NOT_LEADER (a transfer is in progress, then another node
     /// leads). Abandoned by the core after an election timeout; the server waits at most
     /// that long.
-    pub(super) fn hand_over(&mut self) {
-        if !self.raft.is_leader() {
+    pub(super) fn request_hand_over(&mut self) {
+        self.hand_over_wanted = true;
+    }
+
+    /// Starts the hand-over asked for, once the turn's decisions are proposed (a transfer
+    /// in progress refuses proposals) and the core is not between a ready and its advance
+    /// (a failed write). Marks the shard as handing over for the server's wait.
+    fn hand_over_if_wanted(&mut self) {
+        if !self.hand_over_wanted || self.unpersisted.is_some() {
             return;
+        }
+        self.hand_over_wanted = false;
+        // The server waits while this is set (it sets it before asking): it stays set only
+        // while a transfer is under way, until this node leads no more (`publish`).
+        let handing_over = self.start_hand_over();
+        self.stats
+            .handing_over
+            .store(handing_over, Ordering::Relaxed);
+    }
+
+    /// Asks the core to transfer the leadership to the most up-to-date follower; whether
+    /// a transfer started.
+    fn start_hand_over(&mut self) -> bool {
+        if !self.raft.is_leader() {
+            return false;
         }
         let status = self.raft.status();
         let Some(&(target, _)) = status
@@ -411,16 +437,20 @@ impl Replica {
             .iter()
             .max_by_key(|&&(node, matched)| (matched, std::cmp::Reverse(node)))
         else {
-            return; // a group of one: nobody to hand over to
+            return false; // a group of one: nobody to hand over to
         };
         match self.raft.transfer_leadership(target) {
-            Ok(()) => tracing::info!(
-                shard = self.shard,
-                target,
-                "stopping: handing leadership over"
-            ),
+            Ok(()) => {
+                tracing::info!(
+                    shard = self.shard,
+                    target,
+                    "stopping: handing leadership over"
+                );
+                true
+            }
             Err(error) => {
-                tracing::warn!(shard = self.shard, %error, "stopping: cannot hand leadership over")
+                tracing::warn!(shard = self.shard, %error, "stopping: cannot hand leadership over");
+                false
             }
         }
     }
@@ -507,8 +537,26 @@ impl Replica {
         reply: ReplyTo,
         output: &mut Output<ReplyTo>,
     ) {
+        if self.raft.membership_index() > self.raft.commit_index() {
+            // The latest voters are not committed: neither "already done" nor a new
+            // change can be answered yet.
+            let refusal = self.membership_refusal(raft::ProposeError::MembershipChangePending);
+            output.replies.push((reply, refusal.into()));
+            return;
+        }
         let membership = self.raft.membership();
         let change = match change {
+            MemberChange::Add { .. } if membership.voters.len() >= VOTERS_MAX => {
+                let refusal = ProtocolError::new(
+                    ErrorCode::BadMembership,
+                    format!(
+                        "shard {}: a group has at most {VOTERS_MAX} voters",
+                        self.shard
+                    ),
+                );
+                output.replies.push((reply, refusal.into()));
+                return;
+            }
             MemberChange::Add { node, address } => {
                 if membership.contains(*node) {
                     let response = match membership.addresses.get(node) {
@@ -626,7 +674,8 @@ impl Replica {
                 }
                 Err(_) => {
                     // Deposed earlier in this turn: these decisions are void (the table is
-                    // rebuilt from the committed log when the ready says so).
+                    // rebuilt from the committed log when the ready says so). (A transfer
+                    // starts only after this proposal: `hand_over_if_wanted`.)
                     let unknown = self.unknown_outcome();
                     for (_, reply, _) in output.durable_replies.drain(..) {
                         reply.send(unknown.clone().into());
@@ -634,6 +683,7 @@ impl Replica {
                 }
             }
         }
+        self.hand_over_if_wanted();
         self.send_or_confirm(&mut output.replies);
         self.drive(now, output);
         self.send_committed(output);
@@ -658,7 +708,10 @@ impl Replica {
     /// Sends replies at once on a single node (or when not serving: they are refusals);
     /// in a cluster a serving leader's replies wait for a ReadIndex confirmation.
     fn send_or_confirm(&mut self, replies: &mut Vec<(ReplyTo, Response)>) {
-        let alone = self.raft.membership().voters.len() <= 1;
+        // Alone only as the one voter: a leader that removed itself from a group of two
+        // must still have the other confirm it leads.
+        let membership = self.raft.membership();
+        let alone = membership.voters.len() == 1 && membership.contains(self.raft.id());
         if replies.is_empty() || alone || !self.serving {
             send(replies);
             return;
@@ -1113,5 +1166,8 @@ impl Replica {
             raft.applied_index(),
             raft.last_index(),
         ]);
+        if !raft.is_leader() {
+            self.stats.handing_over.store(false, Ordering::Relaxed);
+        }
     }
 }

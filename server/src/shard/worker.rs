@@ -223,7 +223,7 @@ impl Turns {
                 let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is stopping");
                 self.replica.fail_waiters(&error, output);
                 self.fail_held(&error, output);
-                self.replica.hand_over();
+                self.replica.request_hand_over();
             }
             ShardMessage::Peer(message) => self.replica.step(message),
             ShardMessage::PeerUnreachable(node) => self.replica.peer_unreachable(node),

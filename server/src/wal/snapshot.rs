@@ -19,7 +19,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use super::record::{decode_membership, encode_membership};
+use super::record::{decode_membership, encode_membership, VOTERS_MAX};
 use crate::raft::Membership;
 
 const MAGIC: &[u8; 8] = b"KAHUSNP3";
@@ -92,7 +92,9 @@ impl Snapshot {
                     return None;
                 }
                 let voters: Vec<u64> = (0..voter_count).map(|_| body.get_u64_le()).collect();
-                if voters.contains(&0) {
+                // One encoding, as the log's: strictly ascending, none 0, at most voters_max.
+                let ascending = voters.windows(2).all(|pair| pair[0] < pair[1]);
+                if voter_count > VOTERS_MAX || !ascending || voters.contains(&0) {
                     return None;
                 }
                 Membership::new(voters)
