@@ -761,6 +761,8 @@ impl Replica {
     /// Does the core's I/O until it has none left (or the disk fails).
     fn drive(&mut self, now: Instant, output: &mut Output<ReplyTo>) {
         while self.unpersisted.is_none() && self.raft.has_ready() {
+            // First, so a voter added by this ready's entries has a link for its appends.
+            self.report_membership();
             let mut ready = self.raft.ready();
             let mut messages = std::mem::take(&mut ready.messages);
             self.attach_snapshot_data(&mut messages);
