@@ -90,6 +90,9 @@ fn info(shared: &Shared) -> InfoReply {
         ("memory_rss_bytes".to_string(), resident_bytes()),
     ];
     fields.extend(shared.shards.stats());
+    if let Some(peer_stats) = &shared.peer_stats {
+        fields.extend(peer_stats.fields());
+    }
     fields.extend(shared.shards.raft_status());
     InfoReply { fields }
 }

@@ -14,13 +14,38 @@
 //! - `epoch`: one line, the highest epoch ever handed out, in decimal. Written atomically:
 //!   `epoch.tmp` is written and fsynced, renamed over `epoch`, then the directory is fsynced.
 //!   A crash at any point leaves either the old or the new value, never a torn one.
+//! - `incarnation`: one line, 16 lowercase hex digits: a random u64, never 0, drawn when
+//!   the directory is first opened (or first opened by a version that has incarnations)
+//!   and never changed. A directory created anew draws another, which is how the peers
+//!   tell a node that lost its data from the node it was (see `peer/incarnations.rs`).
+//!   Written atomically, before anything but `LOCK` of a new directory, and so before any
+//!   peer can be told it.
+//! - `peers-seen`: the incarnation this node saw of each peer node, one line per node in
+//!   ascending order, `NODE_ID INCARNATION` (decimal, then 16 hex digits); absent or empty
+//!   while none was seen. Rewritten whole, atomically, when one is learned or forgotten.
+//!
+//! Recovery: a leftover `<name>.tmp` (a crash during an atomic write) is ignored and
+//! overwritten by the next write; the file it was for holds the old contents, whole. A
+//! file that does not read as its format is reported (`Corrupt`), never reset: a reset
+//! epoch could repeat tokens, a reset incarnation or `peers-seen` would undo the guard
+//! against a node that lost its data.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
+use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::peer::IncarnationStore;
+use crate::raft::NodeId;
 use crate::shard::tokens::EPOCH_MAX;
+
+/// The file of the directory's incarnation.
+const INCARNATION_FILE: &str = "incarnation";
+/// The file of the incarnations this node saw of its peers.
+const PEERS_SEEN_FILE: &str = "peers-seen";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -32,6 +57,8 @@ pub enum DataDirError {
     Lock { path: PathBuf, source: io::Error },
     #[error("{path} is corrupt: expected one decimal number, found {found:?}")]
     CorruptEpoch { path: PathBuf, found: String },
+    #[error("{path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
     #[error("epoch space exhausted in {path}: every epoch up to {EPOCH_MAX} was used")]
     EpochsExhausted { path: PathBuf },
     #[error("cannot write {path}: {source}")]
@@ -57,6 +84,8 @@ pub enum DataDirError {
 pub struct DataDir {
     path: PathBuf,
     _lock: File,
+    /// Drawn when the directory was created, never 0.
+    incarnation: u64,
     /// Serialises read-raise-write of the epoch between shard workers (a rare path: at
     /// start, and once per 2^40 grants of a shard).
     epoch_update: Mutex<()>,
@@ -93,15 +122,78 @@ impl DataDir {
                 })
             }
         }
-        Ok(DataDir {
+        let mut data_dir = DataDir {
             path: path.to_path_buf(),
             _lock: lock,
+            incarnation: 0,
             epoch_update: Mutex::new(()),
-        })
+        };
+        data_dir.incarnation = data_dir.read_or_draw_incarnation()?;
+        Ok(data_dir)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This directory's incarnation: random, never 0, drawn when it was created and the
+    /// same at every open since. Every peer handshake carries it.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    fn read_or_draw_incarnation(&self) -> Result<u64, DataDirError> {
+        let path = self.path.join(INCARNATION_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => parse_incarnation(text.trim()).ok_or_else(|| DataDirError::Corrupt {
+                path,
+                detail: format!(
+                    "expected 16 hex digits, not all zero, found {:?}; a directory that lost its \
+                     incarnation is treated as lost: remove this node (kahu-cli --remove-node) \
+                     and add a new node with a new id and an empty directory (--join)",
+                    text.chars().take(40).collect::<String>()
+                ),
+            }),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let incarnation = random_incarnation();
+                self.write_atomically(
+                    INCARNATION_FILE,
+                    format!("{incarnation:016x}\n").as_bytes(),
+                )?;
+                Ok(incarnation)
+            }
+            Err(source) => Err(DataDirError::Read { path, source }),
+        }
+    }
+
+    /// The incarnation this node saw of each peer node (none for a new directory).
+    pub fn peers_seen(&self) -> Result<BTreeMap<NodeId, u64>, DataDirError> {
+        let path = self.path.join(PEERS_SEEN_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(source) => return Err(DataDirError::Read { path, source }),
+        };
+        parse_peers_seen(&text).map_err(|detail| DataDirError::Corrupt {
+            path,
+            detail: format!(
+                "{detail}; it is not reset by itself: deleting it makes this node trust the next \
+                 incarnation each peer shows it"
+            ),
+        })
+    }
+
+    /// Replaces `peers-seen` with `seen`, atomically and durably.
+    pub fn write_peers_seen(&self, seen: &BTreeMap<NodeId, u64>) -> Result<(), DataDirError> {
+        let mut text = String::new();
+        for (node, incarnation) in seen {
+            assert!(
+                *node != 0 && *incarnation != 0,
+                "node {node} incarnation {incarnation}"
+            );
+            text.push_str(&format!("{node} {incarnation:016x}\n"));
+        }
+        self.write_atomically(PEERS_SEEN_FILE, text.as_bytes())
     }
 
     /// The shard count of this directory: the stored one, or `requested` (0: `default`)
@@ -213,6 +305,70 @@ impl DataDir {
     }
 }
 
+impl IncarnationStore for DataDir {
+    fn save(&self, seen: &BTreeMap<NodeId, u64>) -> io::Result<()> {
+        self.write_peers_seen(seen).map_err(|error| {
+            let kind = match &error {
+                DataDirError::Write { source, .. } => source.kind(),
+                _ => io::ErrorKind::Other,
+            };
+            io::Error::new(kind, error.to_string())
+        })
+    }
+}
+
+/// A random u64, never 0. `RandomState`'s keys come from the operating system's random
+/// source; the time and the process id are hashed too, so two directories created in one
+/// process draw different values.
+fn random_incarnation() -> u64 {
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH);
+        hasher.write_u128(now.map_or(0, |since| since.as_nanos()));
+        hasher.write_u32(std::process::id());
+        let value = hasher.finish();
+        if value != 0 {
+            return value;
+        }
+    }
+}
+
+/// Reads 16 hex digits, not all zero.
+fn parse_incarnation(text: &str) -> Option<u64> {
+    if text.len() != 16 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(text, 16)
+        .ok()
+        .filter(|&value| value != 0)
+}
+
+/// Reads `peers-seen`: lines of `NODE_ID INCARNATION`, node ids ascending and never 0.
+fn parse_peers_seen(text: &str) -> Result<BTreeMap<NodeId, u64>, String> {
+    let mut seen = BTreeMap::new();
+    for (number, line) in text.lines().enumerate() {
+        let number = number + 1;
+        let fields: Vec<&str> = line.split(' ').collect();
+        let [node, incarnation] = fields[..] else {
+            return Err(format!(
+                "line {number} is not `NODE_ID INCARNATION`: {line:?}"
+            ));
+        };
+        let node = node
+            .parse::<NodeId>()
+            .ok()
+            .filter(|&node| node != 0)
+            .ok_or_else(|| format!("line {number}: `{node}` is not a node id"))?;
+        let incarnation = parse_incarnation(incarnation)
+            .ok_or_else(|| format!("line {number}: `{incarnation}` is not an incarnation"))?;
+        if seen.last_key_value().is_some_and(|(&last, _)| last >= node) {
+            return Err(format!("line {number}: node {node} is out of order"));
+        }
+        seen.insert(node, incarnation);
+    }
+    Ok(seen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +449,113 @@ mod tests {
             matches!(error, DataDirError::CorruptEpoch { .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_directory_draws_its_incarnation_once_and_keeps_it() {
+        // Phase 1: a new directory draws one, before anything else is written.
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDir::open(dir.path()).unwrap().incarnation();
+        assert_ne!(first, 0);
+        let stored = fs::read_to_string(dir.path().join("incarnation")).unwrap();
+        assert_eq!(stored, format!("{first:016x}\n"));
+
+        // Phase 2: every later open reads the same one.
+        for _ in 0..3 {
+            assert_eq!(DataDir::open(dir.path()).unwrap().incarnation(), first);
+        }
+
+        // Phase 3: the directory created anew, at the same path, draws another.
+        fs::remove_dir_all(dir.path()).unwrap();
+        let again = DataDir::open(dir.path()).unwrap().incarnation();
+        assert_ne!(again, first);
+    }
+
+    #[test]
+    fn a_directory_of_an_earlier_version_draws_an_incarnation_and_keeps_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("epoch"), "7\n").unwrap();
+        fs::write(dir.path().join("shards"), "4\n").unwrap();
+        let data_dir = DataDir::open(dir.path()).unwrap();
+        assert_ne!(data_dir.incarnation(), 0);
+        assert_eq!(data_dir.shard_count(0, 8).unwrap(), 4);
+        assert_eq!(data_dir.next_epoch().unwrap(), 8);
+    }
+
+    #[test]
+    fn a_corrupt_incarnation_is_reported_not_drawn_again() {
+        for text in ["", "0000000000000000\n", "12345\n", "zz3a5c2e9d1b4761\n"] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join("incarnation"), text).unwrap();
+            let error = DataDir::open(dir.path()).unwrap_err();
+            assert!(
+                matches!(error, DataDirError::Corrupt { .. }),
+                "{text:?}: {error}"
+            );
+            assert!(error.to_string().contains("--remove-node"), "{error}");
+            assert_eq!(
+                fs::read_to_string(dir.path().join("incarnation")).unwrap(),
+                text
+            );
+        }
+    }
+
+    #[test]
+    fn the_seen_incarnations_round_trip_and_a_torn_write_leaves_the_old_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(dir.path()).unwrap();
+
+        // Phase 1: none at first; what is written reads back, in a fixed text form.
+        assert_eq!(data_dir.peers_seen().unwrap(), BTreeMap::new());
+        let seen = BTreeMap::from([(2, 0x8f3a_5c2e_9d1b_4762), (13, 1)]);
+        data_dir.write_peers_seen(&seen).unwrap();
+        let text = fs::read_to_string(dir.path().join("peers-seen")).unwrap();
+        assert_eq!(text, "2 8f3a5c2e9d1b4762\n13 0000000000000001\n");
+        assert_eq!(data_dir.peers_seen().unwrap(), seen);
+
+        // Phase 2: a crash while writing the next map leaves its temporary file behind,
+        // cut short; the file itself is the old map, whole.
+        fs::write(
+            dir.path().join("peers-seen.tmp"),
+            "2 8f3a5c2e9d1b4762\n3 8f",
+        )
+        .unwrap();
+        assert_eq!(data_dir.peers_seen().unwrap(), seen);
+
+        // Phase 3: the next write replaces both; through the store seam too.
+        let fewer = BTreeMap::from([(13, 1)]);
+        IncarnationStore::save(&data_dir, &fewer).unwrap();
+        assert_eq!(data_dir.peers_seen().unwrap(), fewer);
+        assert!(!dir.path().join("peers-seen.tmp").exists());
+        data_dir.write_peers_seen(&BTreeMap::new()).unwrap();
+        assert_eq!(data_dir.peers_seen().unwrap(), BTreeMap::new());
+    }
+
+    #[test]
+    fn a_corrupt_seen_incarnations_file_is_reported_not_reset() {
+        let cases = [
+            (
+                "2 8f3a5c2e9d1b4762 extra\n",
+                "line 1 is not `NODE_ID INCARNATION`",
+            ),
+            ("0 8f3a5c2e9d1b4762\n", "line 1: `0` is not a node id"),
+            (
+                "2 0000000000000000\n",
+                "line 1: `0000000000000000` is not an incarnation",
+            ),
+            ("2 8f3a\n", "line 1: `8f3a` is not an incarnation"),
+            (
+                "3 8f3a5c2e9d1b4762\n2 8f3a5c2e9d1b4762\n",
+                "line 2: node 2 is out of order",
+            ),
+        ];
+        for (text, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join("peers-seen"), text).unwrap();
+            let error = DataDir::open(dir.path()).unwrap().peers_seen().unwrap_err();
+            assert!(matches!(error, DataDirError::Corrupt { .. }), "{error}");
+            assert!(error.to_string().contains(expected), "{expected}: {error}");
+        }
     }
 
     #[test]

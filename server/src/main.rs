@@ -43,12 +43,24 @@ async fn run(config: Config) -> ExitCode {
     };
     // A stable line on stdout for scripts and tests that start the server on port 0.
     println!("kahu-server listening on {}", server.local_addr());
-    if let Err(error) = stop_signal().await {
-        eprintln!("kahu-server: cannot wait for signals: {error}");
-    }
+    let failure = tokio::select! {
+        stopped = stop_signal() => {
+            if let Err(error) = stopped {
+                eprintln!("kahu-server: cannot wait for signals: {error}");
+            }
+            None
+        }
+        reason = server.failed() => Some(reason),
+    };
     tracing::info!("stopping: no new connections; answering requests in flight");
     server.shutdown().await;
-    ExitCode::SUCCESS
+    match failure {
+        None => ExitCode::SUCCESS,
+        Some(reason) => {
+            eprintln!("kahu-server: {reason}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM.

@@ -22,7 +22,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::net;
-use crate::peer::transport::{PeerConfig, PeerNetwork, RunningPeers};
+use crate::peer::transport::{PeerConfig, PeerNetwork, PeerStats, RunningPeers};
+use crate::peer::{IncarnationStore, SeenIncarnations};
 use crate::raft::Membership;
 use crate::shard::{NoPeers, PeerOutbox, ShardSet, ShardSettings, StartError};
 use crate::wal::storage::{FileStorage, Storage};
@@ -85,6 +86,8 @@ pub struct Shared {
     pub node_id: u64,
     /// Runs the peer transport (started with `--peers`): its membership can change.
     pub clustered: bool,
+    /// The peer transport's counters, for INFO; `None` without `--peers`.
+    pub peer_stats: Option<PeerStats>,
     pub epoch: u64,
     pub started: Instant,
     pub connections: ConnectionCounts,
@@ -147,12 +150,18 @@ impl Server {
             } else {
                 nodes[&config.node_id].clone()
             };
+            let seen = SeenIncarnations::new(
+                data_dir.peers_seen()?,
+                data_dir.clone() as Arc<dyn IncarnationStore>,
+            );
             let peer_config = PeerConfig {
                 node_id: config.node_id,
                 cluster_id: config.cluster_id_hash(&nodes),
                 shard_count: shard_count as u16,
                 listen: config.peer_listen.unwrap_or(advertise.peer),
                 advertise,
+                incarnation: data_dir.incarnation(),
+                seen,
                 peers,
             };
             peer_config
@@ -196,6 +205,7 @@ impl Server {
             shards,
             node_id: config.node_id,
             clustered: network.is_some(),
+            peer_stats: network.as_ref().map(PeerNetwork::stats),
             epoch,
             started: Instant::now(),
             connections: ConnectionCounts::default(),
@@ -218,6 +228,7 @@ impl Server {
             data_dir = %data_dir.path().display(),
             shards = shared.shards.len(),
             node = config.node_id,
+            incarnation = %format_args!("{:016x}", data_dir.incarnation()),
             founders = founders.len(),
             joining = config.join,
             peer_address = ?peers.as_ref().map(RunningPeers::local_addr),
@@ -271,6 +282,25 @@ impl RunningServer {
     /// The token epoch of this run: every token it grants is above `epoch << 40`.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Resolves, with the reason, if the server stops taking part in its cluster for good:
+    /// a peer knew this node by another incarnation, so its data directory was created
+    /// anew and it must not vote again (see `peer/incarnations.rs`); its peer transport
+    /// has stopped. Never resolves otherwise. The caller should [`RunningServer::shutdown`]
+    /// and report the reason (the binary exits with status 1).
+    pub async fn failed(&self) -> String {
+        if let Some(peers) = &self.peers {
+            let mut failure = peers.failure();
+            let reason = match failure.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone(),
+                Err(_) => None, // the transport is gone: it can no longer fail
+            };
+            if let Some(reason) = reason {
+                return reason;
+            }
+        }
+        std::future::pending().await
     }
 
     /// Stops accepting, answers everything in flight, closes every connection and waits

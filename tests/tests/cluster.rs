@@ -138,6 +138,23 @@ impl Cluster {
         panic!("node {id} did not start in {START_ATTEMPTS_MAX} attempts");
     }
 
+    /// Starts stopped node `id` again with its old command line but an empty data
+    /// directory, as after a lost disk, on the ports it had.
+    async fn start_with_empty_data_dir(&mut self, id: u64) {
+        let data_dir = tempfile::tempdir().expect("data directory");
+        let node = self.nodes.get_mut(&id).unwrap();
+        assert!(node.server.is_none(), "node {id} is running");
+        let mut config = Config::for_tests(data_dir.path());
+        config.listen = node.client;
+        config.node_id = id;
+        config.peers = self.peers.clone();
+        config.tick_ms = self.tick_ms;
+        config.election_ticks = self.election_ticks;
+        let server = Server::start(config).await;
+        node.server = Some(server.expect("node starts again on the ports it had"));
+        node._data_dir = data_dir;
+    }
+
     /// A client of every running node.
     async fn client(&self) -> Client {
         let addresses: Vec<SocketAddr> = self.running().map(|(_, address)| address).collect();
@@ -457,5 +474,74 @@ async fn a_stopping_leader_hands_its_shards_over_without_an_election_timeout() {
         Response::LockInfo(info) => assert_eq!(info.token, held),
         other => panic!("{other:?}"),
     }
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_data_directory_is_refused_and_stops_while_the_others_serve() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_until_settled().await;
+    let (granted, _) = cluster.call(&lock("ledger", "alice", 60_000, 0)).await;
+    let held = token(&granted);
+    cluster.wait_until_settled().await;
+
+    // Phase 1: node 3 stops, loses its data directory, and is started again with its old
+    // command line: a founder, so a voter of every shard, remembering no vote.
+    cluster.stop(3).await;
+    cluster.start_with_empty_data_dir(3).await;
+    let node_3 = cluster.nodes[&3].client;
+
+    // Phase 2: a node that knew node 3 tells it so in its handshake; node 3 stops taking
+    // part in the cluster, with a message saying what to do.
+    let server_3 = cluster.nodes[&3].server.as_ref().unwrap();
+    let reason = tokio::time::timeout(STEP_TIMEOUT, server_3.failed())
+        .await
+        .expect("node 3 learns that its data directory was created anew");
+    assert!(
+        reason.starts_with("node 3's data directory was created anew")
+            && reason.contains("remove it (kahu-cli --remove-node 3)"),
+        "{reason}"
+    );
+
+    // Phase 3: node 3 neither sent nor received a single Raft message: nodes 1 and 2
+    // refused its handshakes, and it refused theirs. It leads nothing and applied nothing.
+    let info_3 = cluster.info(node_3).await;
+    assert_eq!(info_3["peer_fenced"], 1);
+    assert_eq!(info_3["peer_messages_sent_total"], 0, "node 3 voted");
+    assert_eq!(info_3["peer_messages_received_total"], 0);
+    let mut refused = info_3["peer_handshakes_refused_total"];
+    for id in [1, 2] {
+        let info = cluster.info(cluster.nodes[&id].client).await;
+        refused += info["peer_handshakes_refused_total"];
+        assert_eq!(info["peer_fenced"], 0, "node {id}");
+    }
+    assert!(refused >= 1, "no handshake was refused");
+    for shard in 0..info_3["shards"] {
+        assert_eq!(
+            info_3[&format!("shard{shard}_is_leader")],
+            0,
+            "shard {shard}"
+        );
+        assert_eq!(
+            info_3[&format!("shard{shard}_applied_index")],
+            0,
+            "shard {shard}"
+        );
+    }
+
+    // Phase 4: nodes 1 and 2, a majority of {1, 2, 3}, serve the acknowledged lock and
+    // grant new ones.
+    match cluster.call(&get("ledger")).await.0 {
+        Response::LockInfo(info) => {
+            assert_eq!(info.owner, "alice");
+            assert_eq!(info.token, held);
+        }
+        other => panic!("the acknowledged grant was lost: {other:?}"),
+    }
+    let (acquired, served_by) = cluster.call(&lock("audit", "bob", 60_000, 0)).await;
+    assert!(matches!(acquired, Response::Acquired(_)), "{acquired:?}");
+    assert_ne!(served_by, node_3);
+    let info_3 = cluster.info(node_3).await;
+    assert_eq!(info_3["peer_messages_received_total"], 0);
     cluster.stop_all().await;
 }

@@ -1,15 +1,19 @@
-//! The handshake: who a peer is, whether it belongs to this cluster, and where it is reached.
+//! The handshake: who a peer is, whether it belongs to this cluster, which life of its data
+//! directory it is in, and where it is reached.
 //!
 //! ```text
 //! HANDSHAKE and HANDSHAKE_ACCEPTED body
 //! offset size field
-//!      0    8 magic           "KAHUPEER" (4b 41 48 55 50 45 45 52)
-//!      8    2 version         u16, the peer protocol version: 2
-//!     10    2 shard_count     u16, shards (Raft groups) per node, fixed at cluster creation
-//!     12    8 node_id         u64, the sender's node id, never 0
-//!     20   16 cluster_id      u128, chosen when the cluster was created
-//!     36  2+p peer_address    str16, where the sender's peer port is reached: IP:PORT
-//!   38+p  2+c client_address  str16, what its clients use: HOST:PORT
+//!      0    8 magic                 "KAHUPEER" (4b 41 48 55 50 45 45 52)
+//!      8    2 version               u16, the peer protocol version: 3
+//!     10    2 shard_count           u16, shards (Raft groups) per node, fixed at cluster creation
+//!     12    8 node_id               u64, the sender's node id, never 0
+//!     20   16 cluster_id            u128, chosen when the cluster was created
+//!     36    8 incarnation           u64, the sender's data directory's incarnation, never 0
+//!     44    8 receiver_incarnation  u64, the receiver's incarnation as the sender remembers
+//!                                   it; 0: the sender remembers none
+//!     52  2+p peer_address          str16, where the sender's peer port is reached: IP:PORT
+//!   54+p  2+c client_address        str16, what its clients use: HOST:PORT
 //!         (the body ends here)
 //!
 //! HANDSHAKE_REFUSED body
@@ -24,16 +28,22 @@
 //! The first 36 bytes keep this layout in every version, so two nodes of different
 //! versions can always read each other's handshake and say which versions differ. A body
 //! of another version is read up to byte 36 only (its later fields are not this version's
-//! to read) and refused by [`Handshake::check`] for its version; a version 2 body is read
-//! exactly, trailing bytes are an error. Version 2 accepts only version 2. Version 1 had
+//! to read) and refused by [`Handshake::check`] for its version; a version 3 body is read
+//! exactly, trailing bytes are an error. Version 3 accepts only version 3. Version 1 had
 //! no addresses: version 2 added them so that a node can open a link back to a node it
-//! has no address for (one added to the cluster at run time).
+//! has no address for (one added to the cluster at run time). Version 3 added the two
+//! incarnations, so that a node whose data directory was created anew is not heard as the
+//! node it replaced (see [`incarnations`](super::incarnations)).
 //!
 //! The rules ([`Handshake::check`], in this order): the versions are equal; the cluster ids
-//! are equal (a node created for another cluster, or wiped and re-created, must not vote
-//! here); the shard counts are equal (keys are placed on shards by hash, so two counts
-//! would disagree on which group owns a key); the peer's node id is not 0 and not this
-//! node's own (a misconfigured address list, or two nodes given one id).
+//! are equal (a node created for another cluster must not vote here); the shard counts are
+//! equal (keys are placed on shards by hash, so two counts would disagree on which group
+//! owns a key); the peer's node id is not 0 and not this node's own (a misconfigured
+//! address list, or two nodes given one id); its incarnation is not 0; and the
+//! incarnation it remembers for this node, if any, is this node's own (else this node's
+//! data directory was created anew, and this node must stop: see
+//! [`HandshakeError::IncarnationChanged`]). What this node remembers of the peer's
+//! incarnation is checked apart (`PeerOutboxHandle::admit`), since it is state.
 
 use bytes::{BufMut, BytesMut};
 
@@ -43,7 +53,7 @@ use super::PeerError;
 use crate::raft::NodeId;
 
 /// The peer protocol version this build speaks.
-pub const PEER_PROTOCOL_VERSION: u16 = 2;
+pub const PEER_PROTOCOL_VERSION: u16 = 3;
 /// First bytes of every handshake body.
 pub const HANDSHAKE_MAGIC: &[u8; 8] = b"KAHUPEER";
 /// Bytes of a handshake body before its version's own fields: the same in every version.
@@ -62,6 +72,13 @@ pub struct Handshake {
     pub cluster_id: u128,
     pub shard_count: u16,
     pub node_id: NodeId,
+    /// The sender's data directory's incarnation (`DataDir::incarnation`), never 0. 0 only
+    /// in a handshake of another version, whose fields past the first
+    /// [`HANDSHAKE_BYTES`] are not read.
+    pub incarnation: u64,
+    /// The receiver's incarnation as the sender remembers it; 0 when it remembers none (or
+    /// in a handshake of another version).
+    pub receiver_incarnation: u64,
     /// Where the sender is reached, as it advertises itself. `None` only in a handshake of
     /// another version, whose fields past the first [`HANDSHAKE_BYTES`] are not read (and
     /// which [`Handshake::check`] refuses).
@@ -104,6 +121,32 @@ pub enum HandshakeError {
     },
     #[error("the peer says it is node 0, which names no node")]
     NodeIdZero,
+    #[error("node {0} says its data directory is incarnation 0, which names none")]
+    IncarnationZero(NodeId),
+    /// `node`'s data directory is not the one `known_by` knew it by: it was lost and
+    /// created anew. Refused by `known_by`, and by `node` itself when `known_by` says so in
+    /// its handshake; a node that learns this of itself stops its peer transport.
+    #[error(
+        "node {node}'s data directory was created anew (incarnation {incarnation:016x}; node \
+         {known_by} knew it as {known:016x}): a node that lost its data must not vote again; \
+         remove it (kahu-cli --remove-node {node}) and add a new node with a new id (--join)"
+    )]
+    IncarnationChanged {
+        node: NodeId,
+        incarnation: u64,
+        known_by: NodeId,
+        known: u64,
+    },
+    #[error(
+        "node {known_by} cannot record node {node}'s incarnation {incarnation:016x} in its data \
+         directory: {reason}"
+    )]
+    IncarnationNotRecorded {
+        node: NodeId,
+        incarnation: u64,
+        known_by: NodeId,
+        reason: String,
+    },
     #[error(
         "the peer says it is node {0}, this node's own id: two nodes share an id, or this node \
          connected to itself"
@@ -113,19 +156,34 @@ pub enum HandshakeError {
     Refused { reason: String },
 }
 
+impl HandshakeError {
+    /// The node whose data directory was created anew, if that is the error.
+    pub fn created_anew(&self) -> Option<NodeId> {
+        match self {
+            HandshakeError::IncarnationChanged { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+}
+
 impl Handshake {
-    /// This node's handshake, in this build's protocol version, advertising `address`.
+    /// This node's handshake, in this build's protocol version, from its data directory's
+    /// `incarnation`, advertising `address`; it remembers no receiver (see
+    /// [`Handshake::to_receiver`]).
     ///
-    /// Panics if `address` fails [`PeerAddress::check`] ([`PeerConfig::validate`] checks it).
+    /// Panics if `incarnation` is 0 or `address` fails [`PeerAddress::check`]
+    /// ([`PeerConfig::validate`] checks both).
     ///
     /// [`PeerConfig::validate`]: super::PeerConfig::validate
     pub fn new(
         cluster_id: u128,
         shard_count: u16,
         node_id: NodeId,
+        incarnation: u64,
         address: PeerAddress,
     ) -> Handshake {
         assert!(node_id != 0, "node id 0 is reserved");
+        assert!(incarnation != 0, "incarnation 0 names no data directory");
         assert!(shard_count >= 1, "a cluster has at least one shard");
         if let Err(error) = address.check() {
             panic!("node {node_id} advertises address {address}: {error}");
@@ -135,12 +193,25 @@ impl Handshake {
             cluster_id,
             shard_count,
             node_id,
+            incarnation,
+            receiver_incarnation: 0,
             address: Some(address),
         }
     }
 
+    /// This handshake for a receiver this node remembers as `remembered` (`None`: as no
+    /// incarnation).
+    pub fn to_receiver(&self, remembered: Option<u64>) -> Handshake {
+        Handshake {
+            receiver_incarnation: remembered.unwrap_or(0),
+            ..self.clone()
+        }
+    }
+
     /// Checks a peer's handshake (`remote`) against this node's (`self`); used by the
-    /// accepting node on HANDSHAKE and by the connecting node on HANDSHAKE_ACCEPTED.
+    /// accepting node on HANDSHAKE and by the connecting node on HANDSHAKE_ACCEPTED. An
+    /// [`HandshakeError::IncarnationChanged`] from here names this node: the peer knew it
+    /// by another incarnation.
     pub fn check(&self, remote: &Handshake) -> Result<(), HandshakeError> {
         let (local_node, remote_node) = (self.node_id, remote.node_id);
         if remote.version != self.version {
@@ -173,11 +244,24 @@ impl Handshake {
         if remote_node == local_node {
             return Err(HandshakeError::OwnNodeId(remote_node));
         }
+        if remote.incarnation == 0 {
+            return Err(HandshakeError::IncarnationZero(remote_node));
+        }
+        let known = remote.receiver_incarnation;
+        if known != 0 && known != self.incarnation {
+            return Err(HandshakeError::IncarnationChanged {
+                node: local_node,
+                incarnation: self.incarnation,
+                known_by: remote_node,
+                known,
+            });
+        }
         Ok(())
     }
 
-    /// Writes the body: the first [`HANDSHAKE_BYTES`], then the address when there is one
-    /// (a handshake without one is another version's, which only tests build).
+    /// Writes the body: the first [`HANDSHAKE_BYTES`], then the incarnations and the
+    /// address when there is an address (a handshake without one is another version's,
+    /// which only tests build).
     pub(super) fn encode(&self, dst: &mut BytesMut) {
         dst.put_slice(HANDSHAKE_MAGIC);
         dst.put_u16_le(self.version);
@@ -185,13 +269,15 @@ impl Handshake {
         dst.put_u64_le(self.node_id);
         dst.put_u128_le(self.cluster_id);
         if let Some(address) = &self.address {
+            dst.put_u64_le(self.incarnation);
+            dst.put_u64_le(self.receiver_incarnation);
             put_str16(dst, &address.peer.to_string());
             put_str16(dst, &address.client);
         }
     }
 
     /// Reads a body: the first [`HANDSHAKE_BYTES`], then, in this version only, the
-    /// address, to the body's end. Another version's body is read no further.
+    /// incarnations and the address, to the body's end. Another version's body is read no further.
     pub(super) fn decode(reader: &mut Reader) -> Result<Handshake, PeerError> {
         if reader.bytes(HANDSHAKE_MAGIC.len(), "magic")?[..] != HANDSHAKE_MAGIC[..] {
             return Err(reader.malformed("the handshake does not start with \"KAHUPEER\""));
@@ -201,11 +287,15 @@ impl Handshake {
             shard_count: reader.u16("shard_count")?,
             node_id: reader.u64("node_id")?,
             cluster_id: reader.u128("cluster_id")?,
+            incarnation: 0,
+            receiver_incarnation: 0,
             address: None,
         };
         if handshake.version != PEER_PROTOCOL_VERSION {
             return Ok(handshake);
         }
+        handshake.incarnation = reader.u64("incarnation")?;
+        handshake.receiver_incarnation = reader.u64("receiver_incarnation")?;
         let peer = read_str16(
             reader,
             "peer_address",

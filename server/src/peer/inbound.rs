@@ -14,6 +14,12 @@
 //! closed. An inbound connection is never written after the handshake, so without this a
 //! connection whose peer vanished without a reset would stay open forever.
 //!
+//! Before it answers, the accepting node checks the peer's incarnation against the one it
+//! remembers, recording it (durably) if it remembers none ([`PeerOutboxHandle::admit`]):
+//! a node whose data directory was created anew is refused, logged at error. A HANDSHAKE
+//! that remembers *this* node by another incarnation is refused too, and stops this
+//! node's transport for good ([`Fence`]): this node's own data directory was created anew.
+//!
 //! An accepted handshake tells the outbox where its node is ([`PeerOutboxHandle::learn`]):
 //! a node this node has no link to (one added at run time, whose membership this node has
 //! not seen yet) gets one, at the address it advertised, so that it can be answered.
@@ -29,6 +35,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::incarnations::Fence;
 use super::transport::{
     Deliver, LinkError, PeerCounters, PEER_CONNECTIONS_INBOUND_MAX, PEER_HANDSHAKE_TIMEOUT,
     PEER_RECONNECT_DELAY_MIN,
@@ -43,6 +50,7 @@ pub(super) struct Inbound {
     /// Told each accepted node's advertised address.
     outbox: Arc<PeerOutboxHandle>,
     counters: Arc<PeerCounters>,
+    fence: Arc<Fence>,
     tracker: TaskTracker,
     cancel: CancellationToken,
     /// The handshaken connection of each node: its number, and the token that closes it.
@@ -56,6 +64,7 @@ impl Inbound {
         deliver: Deliver,
         outbox: Arc<PeerOutboxHandle>,
         counters: Arc<PeerCounters>,
+        fence: Arc<Fence>,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Inbound> {
@@ -64,6 +73,7 @@ impl Inbound {
             deliver,
             outbox,
             counters,
+            fence,
             tracker,
             cancel,
             by_node: Mutex::new(HashMap::new()),
@@ -119,6 +129,9 @@ impl Inbound {
                 }
                 self.read_batches(framed, remote.node_id, address).await;
             }
+            Some(Err(error)) if error.needs_operator() => {
+                tracing::error!(%address, %error, "refused a peer connection at its handshake");
+            }
             Some(Err(error)) => {
                 tracing::warn!(%address, %error, "refused a peer connection at its handshake");
             }
@@ -128,7 +141,8 @@ impl Inbound {
             .fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Reads and answers the HANDSHAKE; the peer's handshake if it was accepted.
+    /// Reads and answers the HANDSHAKE, recording the peer's incarnation before it
+    /// accepts; the peer's handshake if it was accepted.
     async fn handshake(
         &self,
         framed: &mut Framed<TcpStream, PeerCodec>,
@@ -144,16 +158,28 @@ impl Inbound {
             Some(Err(error)) => return Err(error.into()),
             None => return Err(LinkError::Closed),
         };
-        if let Err(error) = self.local.check(&remote) {
+        let checked = match self.local.check(&remote) {
+            Ok(()) => {
+                self.outbox
+                    .admit_blocking(remote.node_id, remote.incarnation)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = checked {
             PeerCounters::add(&self.counters.handshakes_refused_total, 1);
             let _ = framed
                 .send(PeerFrame::HandshakeRefused(error.to_string()))
                 .await;
+            if error.created_anew() == Some(self.local.node_id) {
+                self.fence.stop(&error);
+            }
             return Err(PeerError::from(error).into());
         }
-        framed
-            .send(PeerFrame::HandshakeAccepted(self.local.clone()))
-            .await?;
+        let answer = self
+            .local
+            .to_receiver(self.outbox.remembered(remote.node_id));
+        framed.send(PeerFrame::HandshakeAccepted(answer)).await?;
         Ok(remote)
     }
 

@@ -32,8 +32,9 @@
 //!
 //! # Bodies
 //! ```text
-//! HANDSHAKE, HANDSHAKE_ACCEPTED  see [`handshake`]: magic "KAHUPEER" | version u16 (2) |
+//! HANDSHAKE, HANDSHAKE_ACCEPTED  see [`handshake`]: magic "KAHUPEER" | version u16 (3) |
 //!                                shard_count u16 | node_id u64 | cluster_id u128 |
+//!                                incarnation u64 | receiver_incarnation u64 |
 //!                                peer_address str16 | client_address str16
 //! HANDSHAKE_REFUSED              reason_len u16 | reason (UTF-8)
 //! BATCH                          count u32 | count x (shard u16 | message)
@@ -43,15 +44,21 @@
 //! # Handshake rules
 //! The connecting node sends HANDSHAKE first and nothing else until it has the answer. The
 //! accepting node checks it with [`Handshake::check`]: same protocol version, same cluster
-//! id, same shard count, a node id that is neither 0 nor its own. It answers
-//! HANDSHAKE_ACCEPTED with its own identity, or HANDSHAKE_REFUSED with the reason and
-//! closes. The connecting node checks the accepted identity the same way. Only then do
+//! id, same shard count, a node id that is neither 0 nor its own, an incarnation, and, if
+//! the peer remembers this node's incarnation, this node's own. Then it checks the peer's
+//! incarnation against the one it remembers for that node id, or records it durably if it
+//! remembers none ([`incarnations`]). It answers HANDSHAKE_ACCEPTED with its own identity,
+//! or HANDSHAKE_REFUSED with the reason and closes. The connecting node checks the accepted
+//! identity the same way. A node that a peer remembers by another incarnation (its data
+//! directory was created anew) refuses and stops its transport for good. Only then do
 //! BATCH frames flow, from the connecting node to the accepting node only: each direction
 //! between two nodes has its own connection. Each handshake advertises where its sender is
 //! reached (`PEER_ADDR/CLIENT_ADDR`, [`PeerAddress`]), so the accepting node can link back
 //! to a node it has no address for.
 //!
 //! # Invariants
+//! - Nothing a node sends is delivered before its incarnation is checked against, or
+//!   durably recorded as, the one this node remembers for its id.
 //! - Decoding never panics and never allocates more than the frame's checked length:
 //!   `body_len` is checked against [`PEER_FRAME_BYTES_MAX`] from the header alone, and
 //!   every count inside a body against the bytes left before a vector is reserved.
@@ -68,6 +75,7 @@ pub mod codec;
 pub mod frame;
 pub mod handshake;
 mod inbound;
+pub mod incarnations;
 pub mod message;
 mod outbound;
 mod outbox;
@@ -83,10 +91,12 @@ pub use handshake::{
     Handshake, HandshakeError, NODE_ADDRESS_BYTES_MAX, PEER_PROTOCOL_VERSION,
     REFUSAL_REASON_BYTES_MAX,
 };
+pub use incarnations::{IncarnationStore, SeenIncarnations};
 pub use message::{decode_message, encode_message, message_bytes, ShardId, ShardMessage};
 pub use outbox::PeerOutboxHandle;
 pub use transport::{
-    PeerAddress, PeerConfig, PeerConfigError, PeerNetwork, RunningPeers, PEER_QUEUE_MESSAGES_MAX,
+    PeerAddress, PeerConfig, PeerConfigError, PeerNetwork, PeerStats, RunningPeers,
+    PEER_QUEUE_MESSAGES_MAX,
 };
 
 /// Why bytes from a peer are not a frame. Every variant but [`PeerError::Io`] means the

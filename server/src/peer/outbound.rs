@@ -13,9 +13,16 @@
 //! any message that raced a disconnect. A closed link's queued messages are written first;
 //! then the connection is closed, and `unreachable` is not called.
 //!
-//! A failed attempt is logged at warn when its error differs from the attempt before it,
-//! else at debug, so a node that stays down (or keeps refusing) is said once, not every
-//! second.
+//! The HANDSHAKE tells the incarnation this node remembers for the peer; the answer's
+//! incarnation is checked against it and recorded if there was none
+//! ([`PeerOutboxHandle::admit`]). A peer whose incarnation changed is not written to: the
+//! connection is closed, counted as a refused handshake, and tried again later (the node
+//! may be removed meanwhile, which closes the link). An answer that remembers *this* node
+//! by another incarnation stops the transport for good ([`Fence`]).
+//!
+//! A failed attempt is logged at warn (at error for a changed incarnation) when its error
+//! differs from the attempt before it, else at debug, so a node that stays down (or keeps
+//! refusing) is said once, not every second.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -31,7 +38,8 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::split_into_batches;
-use super::outbox::Link;
+use super::incarnations::Fence;
+use super::outbox::{Link, PeerOutboxHandle};
 use super::transport::{
     write_timeout, LinkError, PeerCounters, Unreachable, PEER_HANDSHAKE_TIMEOUT,
     PEER_QUEUE_MESSAGES_MAX, PEER_RECONNECT_DELAY_MAX, PEER_RECONNECT_DELAY_MIN,
@@ -51,6 +59,8 @@ struct Connection {
 pub(super) struct Outbound {
     link: Link,
     local: Handshake,
+    outbox: Arc<PeerOutboxHandle>,
+    fence: Arc<Fence>,
     counters: Arc<PeerCounters>,
     unreachable: Unreachable,
     cancel: CancellationToken,
@@ -60,6 +70,8 @@ impl Outbound {
     pub(super) fn new(
         link: Link,
         local: Handshake,
+        outbox: Arc<PeerOutboxHandle>,
+        fence: Arc<Fence>,
         counters: Arc<PeerCounters>,
         unreachable: Unreachable,
         cancel: CancellationToken,
@@ -67,6 +79,8 @@ impl Outbound {
         Outbound {
             link,
             local,
+            outbox,
+            fence,
             counters,
             unreachable,
             cancel,
@@ -80,13 +94,14 @@ impl Outbound {
         let mut delay = PEER_RECONNECT_DELAY_MIN;
         let mut last_failure: Option<String> = None;
         loop {
+            let local = self.local.to_receiver(self.outbox.remembered(node));
             let attempt = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return,
                 () = closed(&mut self.link.queue, &self.counters) => {
                     return link_closed(node, address);
                 }
-                attempt = connect(address, node, &self.local) => attempt,
+                attempt = connect(address, node, &local, &self.outbox) => attempt,
             };
             match attempt {
                 Ok(connection) => {
@@ -105,9 +120,12 @@ impl Outbound {
                     (self.unreachable)(node);
                 }
                 Err(error) => {
+                    self.refused(&error);
                     let failure = error.to_string();
                     if last_failure.as_ref() == Some(&failure) {
                         tracing::debug!(node, %address, error = %failure, "cannot connect to peer");
+                    } else if error.needs_operator() {
+                        tracing::error!(node, %address, error = %failure, "cannot connect to peer; retrying");
                     } else {
                         tracing::warn!(node, %address, error = %failure, "cannot connect to peer; retrying");
                     }
@@ -123,6 +141,18 @@ impl Outbound {
                 () = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(PEER_RECONNECT_DELAY_MAX);
+        }
+    }
+
+    /// Counts a handshake this node refused (the peer's answer broke a rule), and stops
+    /// the transport if the peer knew this node by another incarnation.
+    fn refused(&self, error: &LinkError) {
+        let Some(refusal) = error.refusal() else {
+            return;
+        };
+        PeerCounters::add(&self.counters.handshakes_refused_total, 1);
+        if refusal.created_anew() == Some(self.local.node_id) {
+            self.fence.stop(refusal);
         }
     }
 
@@ -197,17 +227,22 @@ async fn connect(
     address: SocketAddr,
     node: NodeId,
     local: &Handshake,
+    outbox: &Arc<PeerOutboxHandle>,
 ) -> Result<Connection, LinkError> {
-    match tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake(address, node, local)).await {
+    let handshake = handshake(address, node, local, outbox);
+    match tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake).await {
         Ok(result) => result,
         Err(_) => Err(LinkError::Timeout(PEER_HANDSHAKE_TIMEOUT)),
     }
 }
 
+/// Sends `local`, then checks the answer: the handshake rules, the node, and its
+/// incarnation (recorded if none was).
 async fn handshake(
     address: SocketAddr,
     node: NodeId,
     local: &Handshake,
+    outbox: &Arc<PeerOutboxHandle>,
 ) -> Result<Connection, LinkError> {
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
@@ -225,6 +260,10 @@ async fn handshake(
                     actual: remote.node_id,
                 });
             }
+            outbox
+                .admit_blocking(node, remote.incarnation)
+                .await
+                .map_err(PeerError::from)?;
             Ok(Connection { reader, writer })
         }
         Some(Ok(PeerFrame::HandshakeRefused(reason))) => {

@@ -26,11 +26,20 @@
 //!   whose membership this node has not seen yet can then be answered). Such a learned link
 //!   stays until the node is a voter that leaves every shard.
 //!
+//! # Incarnations
+//! The outbox also holds the incarnation this node saw of each peer
+//! ([`SeenIncarnations`], see `incarnations.rs` for the rules), beside the memberships
+//! that decide when one is forgotten: [`PeerOutboxHandle::admit`] checks and records a
+//! handshaken peer's incarnation (not a departed node's), and a node that departs is
+//! forgotten. A record or a forget is written to the data directory while `members` is
+//! held: both are rare (a peer's first handshake, a removal).
+//!
 //! # Invariants
 //! - A queue holds messages only while its node is connected, apart from the few that race
 //!   with a disconnect; those are dropped (and counted) by the outbound task.
 //! - This node never has a link to itself, and a node has at most one link.
 //! - Lock order: `members`, then `links`; `send` and `client_address` take only `links`.
+//! - A departed node has no remembered incarnation, unless forgetting it failed (logged).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,8 +47,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
 
+use super::incarnations::SeenIncarnations;
 use super::transport::{PeerAddress, PeerConfig, PeerCounters, PEER_QUEUE_MESSAGES_MAX};
-use super::{ShardId, ShardMessage};
+use super::{HandshakeError, ShardId, ShardMessage};
 use crate::raft::{Membership, Message, NodeId};
 use crate::shard::PeerOutbox;
 use crate::wal::record::Command;
@@ -81,6 +91,8 @@ struct Members {
     departed: BTreeSet<NodeId>,
     /// Voters without a known address, already logged.
     warned: BTreeSet<NodeId>,
+    /// The incarnation this node saw of each peer node, kept in the data directory.
+    seen: SeenIncarnations,
 }
 
 impl Members {
@@ -128,6 +140,7 @@ impl PeerOutboxHandle {
                 learned: BTreeMap::new(),
                 departed: BTreeSet::new(),
                 warned: BTreeSet::new(),
+                seen: config.seen.clone(),
             }),
             links: RwLock::new(BTreeMap::new()),
             opened,
@@ -163,6 +176,88 @@ impl PeerOutboxHandle {
                 "a node without a link connected; linking to the address it advertised"
             );
             self.open(&mut links, node, address);
+        }
+    }
+
+    /// Whether `node`, whose handshake says it is `incarnation`, may be heard: yes if
+    /// that is the incarnation remembered for it, or if none is and it is recorded now
+    /// (durably: this may wait for the disk) or the node is departed (not recorded). The
+    /// caller has checked the handshake itself ([`Handshake::check`]).
+    ///
+    /// [`Handshake::check`]: super::Handshake::check
+    pub(super) fn admit(&self, node: NodeId, incarnation: u64) -> Result<(), HandshakeError> {
+        assert_ne!(
+            node, self.node_id,
+            "the handshake check refuses this node's own id"
+        );
+        let mut members = self.lock_members();
+        match members.seen.get(node) {
+            Some(known) if known == incarnation => Ok(()),
+            Some(known) => Err(HandshakeError::IncarnationChanged {
+                node,
+                incarnation,
+                known_by: self.node_id,
+                known,
+            }),
+            None if members.departed.contains(&node) => Ok(()),
+            None => {
+                members.seen.record(node, incarnation).map_err(|error| {
+                    HandshakeError::IncarnationNotRecorded {
+                        node,
+                        incarnation,
+                        known_by: self.node_id,
+                        reason: error.to_string(),
+                    }
+                })?;
+                tracing::info!(
+                    node,
+                    incarnation = %format_args!("{incarnation:016x}"),
+                    "recorded the incarnation of a peer"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// [`PeerOutboxHandle::admit`] on a thread that may block, since a record waits for
+    /// the disk.
+    pub(super) async fn admit_blocking(
+        self: &Arc<Self>,
+        node: NodeId,
+        incarnation: u64,
+    ) -> Result<(), HandshakeError> {
+        let outbox = self.clone();
+        match tokio::task::spawn_blocking(move || outbox.admit(node, incarnation)).await {
+            Ok(admitted) => admitted,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(HandshakeError::IncarnationNotRecorded {
+                node,
+                incarnation,
+                known_by: self.node_id,
+                reason: "the runtime is shutting down".to_string(),
+            }),
+        }
+    }
+
+    /// The incarnation remembered for `node`, to tell it in the handshake.
+    pub(super) fn remembered(&self, node: NodeId) -> Option<u64> {
+        self.lock_members().seen.get(node)
+    }
+
+    /// Forgets the incarnation of `node`, which left every shard.
+    fn forget(members: &mut Members, node: NodeId) {
+        match members.seen.forget(node) {
+            Ok(false) => {}
+            Ok(true) => tracing::info!(
+                node,
+                "forgot the incarnation of a node that left every shard"
+            ),
+            Err(error) => tracing::error!(
+                node,
+                %error,
+                "cannot forget the incarnation of a node that left every shard: a node given \
+                 its id later will be refused by this node"
+            ),
         }
     }
 
@@ -215,11 +310,17 @@ impl PeerOutboxHandle {
     /// Makes the links match the voters after `shard`'s membership changed from `before`.
     fn reconcile(&self, members: &mut Members, before: &BTreeSet<NodeId>, shard: usize) {
         let after = members.voters();
+        let departed: Vec<NodeId> = before
+            .difference(&after)
+            .copied()
+            .filter(|&node| node != self.node_id)
+            .collect();
+        // Before the links are locked: a forget waits for the disk, `send` must not.
+        for &node in &departed {
+            PeerOutboxHandle::forget(members, node);
+        }
         let mut links = self.write_links();
-        for &node in before.difference(&after) {
-            if node == self.node_id {
-                continue;
-            }
+        for node in departed {
             members.departed.insert(node);
             if links.remove(&node).is_some() {
                 tracing::info!(node, "a node is a voter of no shard now; closed its link");

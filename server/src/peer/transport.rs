@@ -28,14 +28,21 @@
 //!   reads a BATCH: it reads only to notice the peer closing or breaking the connection. It
 //!   ends when its link is closed or the transport shuts down.
 //! - **Inbound** (`inbound.rs`): the accepting node checks the HANDSHAKE
-//!   ([`Handshake::check`]), answers HANDSHAKE_ACCEPTED or HANDSHAKE_REFUSED (logged at
-//!   warn with the reason), tells the outbox the address the peer advertised, then only
+//!   ([`Handshake::check`]) and the peer's incarnation (recording it if it knew none),
+//!   answers HANDSHAKE_ACCEPTED or HANDSHAKE_REFUSED (logged at warn with the reason, at
+//!   error for a changed incarnation), tells the outbox the address the peer advertised, then only
 //!   reads BATCH frames and hands each message to `deliver`. Any node of the cluster (same
 //!   cluster id and shard count) is heard, linked or not. A frame with a message for a
 //!   shard past the shard count, from another node than the handshaken one, or to another
 //!   node than this one closes the connection (logged at warn) and none of its messages is
 //!   delivered. A node keeps one inbound connection per peer node: a new accepted handshake
 //!   from a node closes the older one.
+//!
+//! # Incarnations
+//! Every handshake carries the sender's incarnation and the one it remembers for the
+//! receiver; a peer whose incarnation changed is refused on both connections, and a node
+//! told that a peer remembers it by another incarnation stops the transport for good
+//! ([`RunningPeers::failure`]). The rules are in `incarnations.rs`.
 //!
 //! # Drops
 //! The outbox never blocks a shard: each linked node has a queue of at most
@@ -53,9 +60,11 @@
 //!   all: one connection per direction and link, a FIFO queue, frames cut in order. (While
 //!   a node is relinked at a new address, its old and new connections may overlap; Raft
 //!   accepts reordered messages as it accepts late ones.)
-//! - Nothing reaches `deliver` before the sender's handshake was accepted, and every
-//!   delivered message names the handshaken node as `from`, this node as `to`, and a shard
-//!   below the shard count.
+//! - Nothing reaches `deliver` before the sender's handshake was accepted, its incarnation
+//!   included (the one remembered for it, or recorded durably before the answer), and
+//!   every delivered message names the handshaken node as `from`, this node as `to`, and a
+//!   shard below the shard count.
+//! - Once the transport stopped for good, nothing is delivered or sent again.
 //! - At most one link per node, and none to this node; a node that was a voter and is a
 //!   voter of no shard has none (until a membership names it again). A closed link's task
 //!   may outlive it briefly, writing what was queued, but nothing is queued to it again.
@@ -73,14 +82,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::inbound::Inbound;
+use super::incarnations::{Fence, SeenIncarnations};
 use super::outbound::Outbound;
 use super::outbox::{Link, PeerOutboxHandle};
-use super::{Handshake, PeerError, ShardId, NODE_ADDRESS_BYTES_MAX};
+use super::{Handshake, HandshakeError, PeerError, ShardId, NODE_ADDRESS_BYTES_MAX};
 use crate::raft::{Message, NodeId};
 use crate::wal::record::Command;
 
@@ -206,6 +216,12 @@ pub struct PeerConfig {
     /// This node's own address, as the other nodes should reach it (its `--peers` entry;
     /// `listen` may differ, e.g. 0.0.0.0 or behind a proxy). Sent in every handshake.
     pub advertise: PeerAddress,
+    /// This node's data directory's incarnation (`DataDir::incarnation`); never 0. Sent in
+    /// every handshake.
+    pub incarnation: u64,
+    /// The incarnations this node saw of its peers, and where they are kept (see
+    /// `incarnations.rs`).
+    pub seen: SeenIncarnations,
     /// The founders of the cluster other than this node: the first links. Nodes added at
     /// run time are linked as memberships name them ([`PeerOutbox::members_changed`]) or
     /// as they connect.
@@ -218,6 +234,8 @@ pub struct PeerConfig {
 pub enum PeerConfigError {
     #[error("node id 0 names no node")]
     NodeIdZero,
+    #[error("incarnation 0 names no data directory")]
+    IncarnationZero,
     #[error("a cluster has at least one shard")]
     ShardCountZero,
     #[error("node {0} is listed among its own peers")]
@@ -235,6 +253,9 @@ impl PeerConfig {
         }
         if self.shard_count == 0 {
             return Err(PeerConfigError::ShardCountZero);
+        }
+        if self.incarnation == 0 {
+            return Err(PeerConfigError::IncarnationZero);
         }
         if self.peers.contains_key(&self.node_id) {
             return Err(PeerConfigError::PeerIsSelf(self.node_id));
@@ -256,6 +277,7 @@ impl PeerConfig {
             self.cluster_id,
             self.shard_count,
             self.node_id,
+            self.incarnation,
             self.advertise.clone(),
         )
     }
@@ -291,6 +313,24 @@ pub enum LinkError {
     WrongRecipient { to: NodeId, local: NodeId },
 }
 
+impl LinkError {
+    /// The handshake rule this node's check broke, if that is the error (not a refusal by
+    /// the peer, which is [`HandshakeError::Refused`]).
+    pub(super) fn refusal(&self) -> Option<&HandshakeError> {
+        match self {
+            LinkError::Peer(PeerError::Handshake(HandshakeError::Refused { .. })) => None,
+            LinkError::Peer(PeerError::Handshake(error)) => Some(error),
+            _ => None,
+        }
+    }
+
+    /// Whether the error is one an operator must act on: a data directory created anew.
+    pub(super) fn needs_operator(&self) -> bool {
+        self.refusal()
+            .is_some_and(|error| error.created_anew().is_some())
+    }
+}
+
 impl From<io::Error> for LinkError {
     fn from(error: io::Error) -> LinkError {
         LinkError::Peer(PeerError::Io(error))
@@ -309,6 +349,8 @@ pub(super) struct PeerCounters {
     pub connections_outbound: AtomicU64,
     /// Open inbound connections, handshaken or not.
     pub connections_inbound: AtomicU64,
+    /// 1 once a peer knew this node by another incarnation: the transport stopped.
+    pub fenced: AtomicU64,
 }
 
 impl PeerCounters {
@@ -331,10 +373,21 @@ impl PeerCounters {
             ),
             ("peer_connections_outbound", &self.connections_outbound),
             ("peer_connections_inbound", &self.connections_inbound),
+            ("peer_fenced", &self.fenced),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_string(), value.load(Ordering::Relaxed)))
         .collect()
+    }
+}
+
+/// The transport's counters as INFO fields, readable before it starts and after it stops.
+#[derive(Clone, Debug)]
+pub struct PeerStats(Arc<PeerCounters>);
+
+impl PeerStats {
+    pub fn fields(&self) -> Vec<(String, u64)> {
+        self.0.stats()
     }
 }
 
@@ -369,6 +422,11 @@ impl PeerNetwork {
         (outbox, network)
     }
 
+    /// The transport's counters, for INFO.
+    pub fn stats(&self) -> PeerStats {
+        PeerStats(self.counters.clone())
+    }
+
     /// The address [`PeerNetwork::start`] binds.
     pub fn listen_addr(&self) -> SocketAddr {
         self.config.listen
@@ -397,17 +455,21 @@ impl PeerNetwork {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let handshake = self.config.handshake();
+        let fence = Arc::new(Fence::new(cancel.clone(), self.counters.clone()));
         let inbound = Inbound::new(
             handshake.clone(),
             deliver,
-            self.outbox,
+            self.outbox.clone(),
             self.counters.clone(),
+            fence.clone(),
             tracker.clone(),
             cancel.clone(),
         );
         tracker.spawn(inbound.accept_loop(listener));
         let outbounds = Outbounds {
             local: handshake,
+            outbox: self.outbox,
+            fence: fence.clone(),
             counters: self.counters.clone(),
             unreachable,
             tracker: tracker.clone(),
@@ -425,6 +487,7 @@ impl PeerNetwork {
             cancel,
             tracker,
             counters: self.counters,
+            fence,
         })
     }
 }
@@ -432,6 +495,8 @@ impl PeerNetwork {
 /// What starts an outbound task for each link the outbox opens.
 struct Outbounds {
     local: Handshake,
+    outbox: Arc<PeerOutboxHandle>,
+    fence: Arc<Fence>,
     counters: Arc<PeerCounters>,
     unreachable: Unreachable,
     tracker: TaskTracker,
@@ -453,6 +518,8 @@ impl Outbounds {
             let outbound = Outbound::new(
                 link,
                 self.local.clone(),
+                self.outbox.clone(),
+                self.fence.clone(),
                 self.counters.clone(),
                 self.unreachable.clone(),
                 self.cancel.clone(),
@@ -469,6 +536,7 @@ pub struct RunningPeers {
     cancel: CancellationToken,
     tracker: TaskTracker,
     counters: Arc<PeerCounters>,
+    fence: Arc<Fence>,
 }
 
 impl RunningPeers {
@@ -480,6 +548,13 @@ impl RunningPeers {
     /// The transport's counters as INFO fields.
     pub fn stats(&self) -> Vec<(String, u64)> {
         self.counters.stats()
+    }
+
+    /// Why the transport stopped for good, once it did: `Some` once a peer knew this node
+    /// by another incarnation (its data directory was created anew; see
+    /// `incarnations.rs`). The server stops on it.
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.fence.failure()
     }
 
     /// Stops accepting, closes every connection and waits for every task to end. Messages

@@ -99,7 +99,7 @@ fn protocol_md_examples() -> Vec<PeerFrame> {
         },
     };
     vec![
-        PeerFrame::Handshake(handshake_of(4, 1)),
+        PeerFrame::Handshake(handshake_of(4, 1).to_receiver(Some(incarnation_of(2)))),
         PeerFrame::HandshakeRefused("shard count differs".to_string()),
         PeerFrame::Batch(vec![heartbeat(3, 1, 2, 5, 7)]),
         PeerFrame::Batch(vec![append]),

@@ -1,5 +1,6 @@
 //! The handshake rules (same version, cluster id and shard count, a real other node), and
-//! the advertised address it carries: read back, or refused cleanly.
+//! the incarnations and advertised address it carries: read back, or refused cleanly. (The
+//! incarnation rules over connections are in `incarnations.rs`.)
 
 use super::*;
 
@@ -34,18 +35,19 @@ fn handshake_mismatch_errors_name_what_differs() {
     let local = handshake_of(4, 1);
 
     let other_version = Handshake {
-        version: 3,
+        version: 2,
+        incarnation: 0,
         address: None,
         ..handshake_of(4, 2)
     };
     let error = local.check(&other_version).unwrap_err();
     assert_eq!(
         error.to_string(),
-        "peer protocol version differs: node 2 speaks version 3, node 1 version 2; upgrade \
+        "peer protocol version differs: node 2 speaks version 2, node 1 version 3; upgrade \
          the older node"
     );
 
-    let other_cluster = Handshake::new(CLUSTER + 1, 4, 2, address_of(2));
+    let other_cluster = Handshake::new(CLUSTER + 1, 4, 2, incarnation_of(2), address_of(2));
     let error = local.check(&other_cluster).unwrap_err();
     assert_eq!(
         error.to_string(),
@@ -117,9 +119,9 @@ fn put_str16(body: &mut BytesMut, text: &[u8]) {
 
 #[test]
 fn a_later_version_handshake_with_other_fields_is_read_up_to_its_version() {
-    // Phase 1: a version 3 node sends fields this version does not know after the first
+    // Phase 1: a version 4 node sends fields this version does not know after the first
     // 36 bytes.
-    let mut body = fixed_fields(3, 2);
+    let mut body = fixed_fields(4, 2);
     body.put_u64_le(42);
 
     // Phase 2: they are not read, and the check names the versions.
@@ -128,36 +130,44 @@ fn a_later_version_handshake_with_other_fields_is_read_up_to_its_version() {
     else {
         panic!("not a handshake");
     };
-    assert_eq!((remote.version, remote.node_id), (3, 2));
-    assert_eq!(remote.address, None);
+    assert_eq!((remote.version, remote.node_id), (4, 2));
+    assert_eq!((&remote.address, remote.incarnation), (&None, 0));
     assert!(matches!(
         handshake_of(4, 1).check(&remote),
-        Err(HandshakeError::Version { remote: 3, .. })
+        Err(HandshakeError::Version { remote: 4, .. })
     ));
 }
 
 #[test]
-fn a_version_1_handshake_is_refused_with_the_version_message() {
-    // A version 1 node sends the 36 bytes of its version, and no address.
-    let body = fixed_fields(1, 2);
-    let Some(PeerFrame::Handshake(remote)) =
-        decode_one(&frame_around(FrameKind::Handshake, &body)).unwrap()
-    else {
-        panic!("not a handshake");
-    };
-    assert_eq!(remote.address, None);
-    let error = handshake_of(4, 1).check(&remote).unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "peer protocol version differs: node 2 speaks version 1, node 1 version 2; upgrade \
-         the older node"
-    );
+fn a_version_1_or_2_handshake_is_refused_with_the_version_message() {
+    // A version 1 node sends the 36 bytes of its version; a version 2 node its addresses
+    // after them, and no incarnations.
+    let version_1 = fixed_fields(1, 2);
+    let mut version_2 = fixed_fields(2, 2);
+    put_str16(&mut version_2, b"127.0.0.1:9002");
+    put_str16(&mut version_2, b"127.0.0.1:8002");
+    for (version, body) in [(1, version_1), (2, version_2)] {
+        let Some(PeerFrame::Handshake(remote)) =
+            decode_one(&frame_around(FrameKind::Handshake, &body)).unwrap()
+        else {
+            panic!("not a handshake");
+        };
+        assert_eq!((&remote.address, remote.incarnation), (&None, 0));
+        let error = handshake_of(4, 1).check(&remote).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "peer protocol version differs: node 2 speaks version {version}, node 1 version \
+                 3; upgrade the older node"
+            )
+        );
+    }
 }
 
 #[test]
 fn the_advertised_address_round_trips_in_its_notation() {
     let address = PeerAddress::parse("[::1]:9001/kahu-2.example:8001").unwrap();
-    let handshake = Handshake::new(CLUSTER, 4, 2, address.clone());
+    let handshake = Handshake::new(CLUSTER, 4, 2, incarnation_of(2), address.clone());
     let mut wire = encode(&PeerFrame::HandshakeAccepted(handshake.clone()));
     let Some(PeerFrame::HandshakeAccepted(received)) =
         PeerCodec::default().decode(&mut wire).unwrap()
@@ -172,17 +182,24 @@ fn the_advertised_address_round_trips_in_its_notation() {
 }
 
 #[test]
-fn a_truncated_address_is_a_malformed_frame() {
-    // Every cut inside the addresses, each frame's checksums correct: an error naming the
+fn a_truncated_incarnation_or_address_is_a_malformed_frame() {
+    // Every cut inside the incarnations and the addresses, each frame's checksums correct: an error naming the
     // field, never a panic.
     let whole = encode(&PeerFrame::Handshake(handshake_of(4, 2)));
     let body = &whole[PEER_HEADER_BYTES..];
     for cut in crate::peer::handshake::HANDSHAKE_BYTES..body.len() {
         let result = decode_one(&frame_around(FrameKind::Handshake, &body[..cut]));
         let error = result.unwrap_err().to_string();
+        let fields = [
+            "incarnation",
+            "receiver_incarnation",
+            "peer_address",
+            "client_address",
+        ];
         assert!(
-            error.contains("body ends inside field `peer_address`")
-                || error.contains("body ends inside field `client_address`"),
+            fields
+                .iter()
+                .any(|field| error.contains(&format!("body ends inside field `{field}`"))),
             "cut at {cut}: {error}"
         );
     }
@@ -218,6 +235,8 @@ fn an_oversized_or_invalid_address_is_refused_cleanly() {
     ];
     for (peer, client, expected) in cases {
         let mut body = fixed_fields(PEER_PROTOCOL_VERSION, 2);
+        body.put_u64_le(incarnation_of(2));
+        body.put_u64_le(0); // receiver_incarnation
         put_str16(&mut body, peer);
         put_str16(&mut body, client);
         let result = decode_one(&frame_around(FrameKind::Handshake, &body));

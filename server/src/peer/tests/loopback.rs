@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,7 +92,35 @@ pub(super) fn config(
         shard_count,
         listen,
         advertise: node_address(node_id, listen),
+        incarnation: incarnation_of(node_id),
+        seen: SeenIncarnations::new(BTreeMap::new(), Arc::new(MemoryStore::default())),
         peers,
+    }
+}
+
+/// Seen incarnations kept in memory: every map saved, in order; a save fails while
+/// `failing` is set.
+#[derive(Debug, Default)]
+pub(super) struct MemoryStore {
+    pub saved: Mutex<Vec<BTreeMap<NodeId, u64>>>,
+    pub failing: AtomicBool,
+}
+
+impl MemoryStore {
+    /// The map saved last (empty if none was).
+    pub fn last(&self) -> BTreeMap<NodeId, u64> {
+        let saved = self.saved.lock().unwrap();
+        saved.last().cloned().unwrap_or_default()
+    }
+}
+
+impl IncarnationStore for MemoryStore {
+    fn save(&self, seen: &BTreeMap<NodeId, u64>) -> std::io::Result<()> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the disk is full (injected)"));
+        }
+        self.saved.lock().unwrap().push(seen.clone());
+        Ok(())
     }
 }
 

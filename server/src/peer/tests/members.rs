@@ -37,7 +37,7 @@ async fn accept_as(listener: &TcpListener, id: NodeId) -> Framed<TcpStream, Peer
         "{handshake:?}"
     );
     let local = listener.local_addr().unwrap();
-    let answer = Handshake::new(CLUSTER, 1, id, node_address(id, local));
+    let answer = Handshake::new(CLUSTER, 1, id, incarnation_of(id), node_address(id, local));
     framed
         .send(PeerFrame::HandshakeAccepted(answer))
         .await
@@ -51,7 +51,7 @@ async fn accept_as(listener: &TcpListener, id: NodeId) -> Framed<TcpStream, Peer
 async fn connect_and_send_as(node: &mut TestNode, id: NodeId, advertise: PeerAddress) {
     let stream = TcpStream::connect(node.running.local_addr()).await.unwrap();
     let mut framed = Framed::new(stream, PeerCodec::default());
-    let handshake = Handshake::new(CLUSTER, 1, id, advertise);
+    let handshake = Handshake::new(CLUSTER, 1, id, incarnation_of(id), advertise);
     framed.send(PeerFrame::Handshake(handshake)).await.unwrap();
     let answer = tokio::time::timeout(WAIT, framed.next()).await.unwrap();
     assert!(

@@ -16,6 +16,7 @@ use crate::wal::record::Command;
 mod address;
 mod format;
 mod handshake;
+mod incarnations;
 mod limits;
 mod loopback;
 mod members;
@@ -156,15 +157,23 @@ fn handshake_strategy() -> impl Strategy<Value = Handshake> {
         any::<u128>(),
         any::<u16>(),
         any::<u64>(),
+        any::<(u64, u64)>(),
         peer_address_strategy(),
     )
         .prop_map(
-            |(version, cluster_id, shard_count, node_id, address)| Handshake {
-                version,
-                cluster_id,
-                shard_count,
-                node_id,
-                address: (version == PEER_PROTOCOL_VERSION).then_some(address),
+            |(version, cluster_id, shard_count, node_id, incarnations, address)| {
+                let this_version = version == PEER_PROTOCOL_VERSION;
+                let (incarnation, receiver_incarnation) =
+                    if this_version { incarnations } else { (0, 0) };
+                Handshake {
+                    version,
+                    cluster_id,
+                    shard_count,
+                    node_id,
+                    incarnation,
+                    receiver_incarnation,
+                    address: this_version.then_some(address),
+                }
             },
         )
 }
@@ -193,9 +202,20 @@ fn address_of(node: u64) -> PeerAddress {
     }
 }
 
-/// Node `node`'s handshake in the cluster of the examples.
+/// The incarnation of node `node`'s data directory in the examples.
+fn incarnation_of(node: u64) -> u64 {
+    0x8f3a_5c2e_9d1b_4760 + node
+}
+
+/// Node `node`'s handshake in the cluster of the examples, remembering no receiver.
 fn handshake_of(shard_count: u16, node: u64) -> Handshake {
-    Handshake::new(CLUSTER, shard_count, node, address_of(node))
+    Handshake::new(
+        CLUSTER,
+        shard_count,
+        node,
+        incarnation_of(node),
+        address_of(node),
+    )
 }
 
 fn encode(frame: &PeerFrame) -> BytesMut {
