@@ -545,3 +545,41 @@ async fn a_node_that_lost_its_data_directory_is_refused_and_stops_while_the_othe
     assert_eq!(info_3["peer_messages_received_total"], 0);
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_added_only_once_it_answers_at_the_address_given() {
+    let cluster = Cluster::start(3).await;
+    cluster.wait_until_settled().await;
+    let members = |change| Request::Members(kahu_protocol::Members { shard: 0, change });
+    // Phase 1: nothing listens at the address: the leader does not propose (a node that
+    // never answers would count in every majority of the shard from then on).
+    let nowhere = format!("{}/{}", free_port(), free_port());
+    let add = members(kahu_protocol::MemberChange::Add {
+        node: 4,
+        address: nowhere.clone(),
+    });
+    for _ in 0..3 {
+        match cluster.call(&add).await.0 {
+            Response::Error(error) => {
+                assert_eq!(error.code, Some(ErrorCode::MembershipChangePending));
+                assert!(
+                    error.message.contains("does not answer"),
+                    "{}",
+                    error.message
+                );
+            }
+            other => panic!("added a node that does not answer: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Removing a node that is not a voter answers the voters: node 4 is not one.
+    match cluster
+        .call(&members(kahu_protocol::MemberChange::Remove { node: 4 }))
+        .await
+        .0
+    {
+        Response::Members(reply) => assert_eq!(reply.voters, vec![1, 2, 3]),
+        other => panic!("{other:?}"),
+    }
+    cluster.stop_all().await;
+}

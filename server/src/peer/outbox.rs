@@ -24,7 +24,10 @@
 //! - [`PeerOutboxHandle::learn`]: a node whose handshake this node accepted gets a link at
 //!   the address it advertised if it has none and is not departed (a node added at run time
 //!   whose membership this node has not seen yet can then be answered). Such a learned link
-//!   stays until the node is a voter that leaves every shard.
+//!   stays until the node is a voter that leaves every shard;
+//! - [`PeerOutbox::reachable`]: a node a leader is about to add gets a link at the address
+//!   given for it (it stops being departed), so the leader proposes the change only once
+//!   that node has answered there as itself. Such a link stays as a learned one does.
 //!
 //! # Incarnations
 //! The outbox also holds the incarnation this node saw of each peer
@@ -413,6 +416,26 @@ impl PeerOutbox for PeerOutboxHandle {
     fn client_address(&self, node: NodeId) -> Option<String> {
         let links = self.read_links();
         links.get(&node).map(|link| link.address.client.clone())
+    }
+
+    fn reachable(&self, node: NodeId, address: &str) -> bool {
+        if node == self.node_id {
+            return true;
+        }
+        let Ok(address) = PeerAddress::parse(address) else {
+            return false;
+        };
+        let mut members = self.lock_members();
+        members.departed.remove(&node);
+        let mut links = self.write_links();
+        match links.get(&node) {
+            Some(link) if link.address == address => link.state.connected.load(Ordering::Acquire),
+            _ => {
+                tracing::info!(node, %address, "a node about to be added; linking to it");
+                self.open(&mut links, node, address);
+                false
+            }
+        }
     }
 
     fn members_changed(&self, shard: usize, membership: &Membership) {

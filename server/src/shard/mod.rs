@@ -90,6 +90,10 @@ pub trait PeerOutbox: Send + Sync + std::fmt::Debug {
     /// keeps a link to every node that is a voter of some shard's latest membership. An
     /// empty membership (a joining node that has not heard of its group yet) says nothing.
     fn members_changed(&self, shard: usize, membership: &raft::Membership);
+    /// Whether `node` answers at `address` (`PEER_ADDR/CLIENT_ADDR`) now: this node's link
+    /// to it there is connected, its handshake having proved the node's id. If there is no
+    /// such link, opens one (a node about to be added), so that a later call can say yes.
+    fn reachable(&self, node: NodeId, address: &str) -> bool;
 }
 
 /// A single node: its one-voter groups never send anything.
@@ -110,6 +114,11 @@ impl PeerOutbox for NoPeers {
     }
 
     fn members_changed(&self, _shard: usize, _membership: &raft::Membership) {}
+
+    /// A single node has no peers (it is never asked: it refuses membership changes).
+    fn reachable(&self, _node: NodeId, _address: &str) -> bool {
+        false
+    }
 }
 
 /// A shard's counters, written by its worker once per turn and read by INFO.

@@ -574,6 +574,21 @@ impl Replica {
                     output.replies.push((reply, response));
                     return;
                 }
+                if !self.peers.reachable(*node, address) {
+                    // Added at an address where nothing answers as that node, it would
+                    // count in majorities it cannot join: a group at exactly a majority
+                    // could commit neither this change nor the removal undoing it.
+                    let refusal = ProtocolError::new(
+                        ErrorCode::MembershipChangePending,
+                        format!(
+                            "shard {}: node {node} does not answer at {address} yet; retry \
+                             (is it running with --join, --peer-listen and --listen as given?)",
+                            self.shard
+                        ),
+                    );
+                    output.replies.push((reply, refusal.into()));
+                    return;
+                }
                 raft::MembershipChange::AddVoter(*node, Some(address.clone()))
             }
             MemberChange::Remove { node } => {

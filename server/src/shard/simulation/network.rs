@@ -38,6 +38,11 @@ impl PeerOutbox for SimOutbox {
 
     /// The simulated network reaches every node by its id: there are no links to keep.
     fn members_changed(&self, _shard: usize, _membership: &Membership) {}
+
+    /// Every simulated node is reached by its id, whatever the address.
+    fn reachable(&self, _node: NodeId, _address: &str) -> bool {
+        true
+    }
 }
 
 /// A node's client address, as NOT_LEADER hints name it.
