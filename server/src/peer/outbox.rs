@@ -17,8 +17,8 @@
 //! for a node is a close and an open. Which links exist:
 //! - the founders (`PeerConfig::peers`) have one from the start;
 //! - [`PeerOutbox::members_changed`]: every voter of some shard's latest membership (other
-//!   than this node) has one, at the address the membership gives it, else the address it
-//!   advertised in its handshake, else its address among the founders; a voter with none
+//!   than this node) has one, at the address the membership gives it, else its address
+//!   among the founders, else the address it advertised in its handshake; a voter with none
 //!   of these has no link (logged at warn once). A node that was a voter of some shard and
 //!   is now a voter of none loses its link, and is *departed*;
 //! - [`PeerOutboxHandle::learn`]: a node whose handshake this node accepted gets a link at
@@ -288,7 +288,7 @@ impl PeerOutboxHandle {
     }
 
     /// Where `node` is to be reached, by the rules of [`PeerOutbox::members_changed`]:
-    /// the latest memberships (`shard`'s first), then its handshake, then the founders.
+    /// the latest memberships (`shard`'s first), then the founders, then its handshake.
     fn address_of(&self, members: &Members, node: NodeId, shard: usize) -> Option<PeerAddress> {
         let others = (0..members.shards.len()).filter(|&other| other != shard);
         for membership in std::iter::once(shard).chain(others) {
@@ -306,8 +306,10 @@ impl PeerOutboxHandle {
                 ),
             }
         }
-        let learned = members.learned.get(&node);
-        learned.or_else(|| self.founders.get(&node)).cloned()
+        // A founder's address is the one every node was started with; a handshake may
+        // only teach addresses of nodes added at run time.
+        let founder = self.founders.get(&node);
+        founder.or_else(|| members.learned.get(&node)).cloned()
     }
 
     /// Makes the links match the voters after `shard`'s membership changed from `before`.
