@@ -66,6 +66,24 @@ impl<C: Payload> Raft<C> {
         active
     }
 
+    /// The follower best placed to take over (a leader only): among those heard from
+    /// since the last check-quorum round (all, if none was), the one with the longest
+    /// matching log, the lowest id on a tie.
+    pub fn transfer_candidate(&self) -> Option<NodeId> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let active = self
+            .progress
+            .values()
+            .any(|progress| progress.recent_active);
+        self.progress
+            .iter()
+            .filter(|(_, progress)| progress.recent_active || !active)
+            .max_by_key(|&(&id, progress)| (progress.match_index, std::cmp::Reverse(id)))
+            .map(|(&id, _)| id)
+    }
+
     /// Moves leadership to `target`: no new proposals meanwhile; once the target's log is
     /// complete it is told to campaign at once. Abandoned after `election_ticks`.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ProposeError> {

@@ -431,12 +431,7 @@ impl Replica {
         if !self.raft.is_leader() {
             return false;
         }
-        let status = self.raft.status();
-        let Some(&(target, _)) = status
-            .match_indexes
-            .iter()
-            .max_by_key(|&&(node, matched)| (matched, std::cmp::Reverse(node)))
-        else {
+        let Some(target) = self.raft.transfer_candidate() else {
             return false; // a group of one: nobody to hand over to
         };
         match self.raft.transfer_leadership(target) {

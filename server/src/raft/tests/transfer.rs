@@ -47,3 +47,22 @@ fn a_transfer_to_an_unreachable_node_is_abandoned_after_an_election_timeout() {
     assert_eq!(network.leaders(), vec![1]);
     network.propose(1, &[5]);
 }
+
+#[test]
+fn the_transfer_candidate_is_the_best_follower_heard_from_lately() {
+    let mut network = Network::new(3);
+    network.elect(1);
+    network.propose(1, &[1]);
+    network.stabilize();
+    // Equal logs: the lower id.
+    assert_eq!(network.raft(1).transfer_candidate(), Some(2));
+    // Node 2 stops answering; after a check-quorum round only node 3 was heard from.
+    network.isolate(2);
+    network.tick(1, 11);
+    network.stabilize();
+    network.tick(1, 2);
+    network.stabilize();
+    assert_eq!(network.leaders(), vec![1]);
+    assert_eq!(network.raft(1).transfer_candidate(), Some(3));
+    assert_eq!(network.raft(2).transfer_candidate(), None, "not a leader");
+}
