@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-use crate::peer::PeerAddress;
+use crate::peer::{PeerAddress, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MIN};
 
 /// kahu-server: a lock service with leases and fencing tokens.
 #[derive(Debug, Clone, Parser)]
@@ -85,6 +85,11 @@ pub struct Config {
     #[arg(long, env = "KAHU_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
 
+    /// Bytes of snapshot data per peer message: a shard snapshot larger than this reaches a
+    /// follower in chunks of this size, between which the other shards' messages pass.
+    #[arg(long, env = "KAHU_PEER_SNAPSHOT_CHUNK_BYTES", default_value_t = crate::peer::SNAPSHOT_CHUNK_BYTES)]
+    pub peer_snapshot_chunk_bytes: usize,
+
     /// Join a running cluster instead of founding it: this node's id is not in `--peers`
     /// (which lists the founders, the same value as on every node), and it waits, a voter
     /// of nothing, until an operator adds it to every shard with
@@ -149,6 +154,7 @@ impl Config {
             node_id: 1,
             peers: String::new(),
             peer_listen: None,
+            peer_snapshot_chunk_bytes: crate::peer::SNAPSHOT_CHUNK_BYTES,
             join: false,
             cluster_id: "kahu".to_string(),
             tick_ms: 50,
@@ -229,6 +235,14 @@ impl Config {
             "--data-dir must not be empty".into(),
         )?;
         check(self.node_id >= 1, "--node-id must be at least 1".into())?;
+        let chunk_bytes = SNAPSHOT_CHUNK_BYTES_MIN..=SNAPSHOT_CHUNK_BYTES_MAX;
+        check(
+            chunk_bytes.contains(&self.peer_snapshot_chunk_bytes),
+            format!(
+                "--peer-snapshot-chunk-bytes {} is outside {SNAPSHOT_CHUNK_BYTES_MIN}..={SNAPSHOT_CHUNK_BYTES_MAX}",
+                self.peer_snapshot_chunk_bytes
+            ),
+        )?;
         check(
             (1..=60_000).contains(&self.tick_ms),
             format!("--tick-ms {} is outside 1..=60000", self.tick_ms),

@@ -163,6 +163,7 @@ impl Server {
                 incarnation: data_dir.incarnation(),
                 seen,
                 peers,
+                snapshot_chunk_bytes: config.peer_snapshot_chunk_bytes,
             };
             peer_config
                 .validate()

@@ -14,7 +14,8 @@
 //!
 //! BATCH body
 //!      0    4 count          u32, messages in the batch, at least 1
-//!      4    - count x (shard u16 | message)       message: see super::message
+//!      4    - count x (shard u16 | message)       message: see super::message (a Raft
+//!                                                 message or an INSTALL_SNAPSHOT_CHUNK)
 //! ```
 //!
 //! Little-endian. The decoder checks, in order: magic (from the first byte alone), header
@@ -24,7 +25,10 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::handshake::{decode_refusal, encode_refusal, Handshake};
-use super::message::{put_message, read_message, ShardMessage, MESSAGE_BYTES_MIN, SHARD_BYTES};
+use super::message::{
+    put_batch_message, read_batch_message, BatchMessage, ShardMessage, MESSAGE_BYTES_MIN,
+    SHARD_BYTES,
+};
 use super::reader::Reader;
 use super::PeerError;
 
@@ -35,12 +39,11 @@ pub const PEER_MAGIC: u8 = 0xCD;
 pub const PEER_HEADER_BYTES: usize = 16;
 /// Largest peer frame, header included; checked from the header before any allocation.
 ///
-/// 64 MiB because a snapshot travels whole in one InstallSnapshot message (the Raft core
-/// does not cut snapshots into chunks): at 40 to 100 bytes per held lock that is about a
-/// million locks per shard, and it matches the log bytes after which a shard snapshots
-/// (`snapshot_log_bytes`, 64 MiB by default). Append messages are far smaller
-/// (`append_bytes_max`, 1 MiB by default). A peer connection holds at most one frame being
-/// read, so this also bounds the memory one peer can make this node reserve.
+/// 64 MiB: far above what one frame needs. Append messages are at most `append_bytes_max`
+/// (1 MiB by default), and a snapshot larger than a chunk (`snapshot_chunk_bytes`, 8 MiB
+/// by default) travels as INSTALL_SNAPSHOT_CHUNK messages, which the receiver puts back
+/// together (`chunker.rs`, `reassembly.rs`). A peer connection holds at most one frame
+/// being read, so this also bounds the memory one frame can make this node reserve.
 pub const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
 
 const _: () = assert!(PEER_FRAME_BYTES_MAX <= u32::MAX as usize);
@@ -88,8 +91,8 @@ pub enum PeerFrame {
     HandshakeAccepted(Handshake),
     /// The accepting node refused the connecting node, for this reason, and closes.
     HandshakeRefused(String),
-    /// Raft messages, each for one shard's group. Never empty.
-    Batch(Vec<ShardMessage>),
+    /// Raft messages and snapshot chunks, each for one shard's group. Never empty.
+    Batch(Vec<BatchMessage>),
 }
 
 impl PeerFrame {
@@ -100,6 +103,11 @@ impl PeerFrame {
             PeerFrame::HandshakeRefused(_) => FrameKind::HandshakeRefused,
             PeerFrame::Batch(_) => FrameKind::Batch,
         }
+    }
+
+    /// A BATCH of Raft messages only.
+    pub fn batch(messages: impl IntoIterator<Item = ShardMessage>) -> PeerFrame {
+        PeerFrame::Batch(messages.into_iter().map(BatchMessage::Raft).collect())
     }
 
     /// Appends the frame to `dst`. A frame past [`PEER_FRAME_BYTES_MAX`] (a batch with a
@@ -116,9 +124,8 @@ impl PeerFrame {
             PeerFrame::Batch(messages) => {
                 assert!(!messages.is_empty(), "an empty batch is never sent");
                 dst.put_u32_le(u32::try_from(messages.len()).unwrap_or(u32::MAX));
-                for shard_message in messages {
-                    dst.put_u16_le(shard_message.shard);
-                    put_message(dst, &shard_message.message);
+                for message in messages {
+                    put_batch_message(dst, message);
                     if dst.len() - start > PEER_FRAME_BYTES_MAX {
                         break; // refused below; stop copying
                     }
@@ -142,16 +149,17 @@ impl PeerFrame {
 #[derive(Debug, Default)]
 pub struct Batches {
     /// The messages of each frame, in the order given, and the frame's bytes.
-    pub frames: Vec<(Vec<ShardMessage>, usize)>,
+    pub frames: Vec<(Vec<BatchMessage>, usize)>,
     /// Messages that do not fit in a frame of their own, in the order given.
-    pub too_large: Vec<ShardMessage>,
+    pub too_large: Vec<BatchMessage>,
 }
 
 /// Cuts `messages` into as few BATCH frames as fit, each at most `frame_bytes_max` bytes
 /// (header included), keeping their order: a frame is filled until the next message would
-/// take it past the limit. A message too large for any frame is set apart.
+/// take it past the limit. A message too large for any frame is set apart (the outbound
+/// task cuts snapshots into chunks that fit before this, see `chunker.rs`).
 pub fn split_into_batches(
-    messages: impl IntoIterator<Item = ShardMessage>,
+    messages: impl IntoIterator<Item = BatchMessage>,
     frame_bytes_max: usize,
 ) -> Batches {
     let mut batches = Batches::default();
@@ -260,7 +268,7 @@ impl FrameHeader {
     }
 }
 
-fn read_batch(reader: &mut Reader) -> Result<Vec<ShardMessage>, PeerError> {
+fn read_batch(reader: &mut Reader) -> Result<Vec<BatchMessage>, PeerError> {
     let count = reader.u32("count")? as usize;
     if count == 0 {
         return Err(reader.malformed("a batch of no messages"));
@@ -268,9 +276,7 @@ fn read_batch(reader: &mut Reader) -> Result<Vec<ShardMessage>, PeerError> {
     reader.check_count(count, SHARD_BYTES + MESSAGE_BYTES_MIN, "count")?;
     let mut messages = Vec::with_capacity(count);
     for _ in 0..count {
-        let shard = reader.u16("shard")?;
-        let message = read_message(reader)?;
-        messages.push(ShardMessage { shard, message });
+        messages.push(read_batch_message(reader)?);
     }
     Ok(messages)
 }

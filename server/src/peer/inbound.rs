@@ -6,8 +6,14 @@
 //! answer HANDSHAKE_ACCEPTED or HANDSHAKE_REFUSED (the refusal logged at warn with its
 //! reason), then read BATCH frames. Each frame is checked whole before any of it is
 //! delivered: every message's shard below the shard count, `from` the handshaken node, `to`
-//! this node. A frame that fails, any other frame kind, or bytes that are not a frame
+//! this node, and every snapshot chunk within the bounds of the connection's
+//! [`Reassembly`]. A frame that fails, any other frame kind, or bytes that are not a frame
 //! close the connection, logged at warn; the peer reconnects and Raft resends.
+//!
+//! The INSTALL_SNAPSHOT_CHUNKs of a frame go to the connection's [`Reassembly`], which
+//! hands back one whole InstallSnapshot with a snapshot's last chunk: that is delivered in
+//! the chunk's place, so `deliver` sees Raft messages only. The partial snapshots of a
+//! connection are dropped with it.
 //!
 //! One connection per peer node: a node that handshakes again (it restarted, or lost a
 //! connection this side has not noticed yet) replaces its older connection, which is
@@ -36,11 +42,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::incarnations::Fence;
+use super::reassembly::{Reassembly, SNAPSHOT_REASSEMBLY_BYTES_MAX};
 use super::transport::{
     Deliver, LinkError, PeerCounters, PEER_CONNECTIONS_INBOUND_MAX, PEER_HANDSHAKE_TIMEOUT,
     PEER_RECONNECT_DELAY_MIN,
 };
-use super::{Handshake, PeerCodec, PeerError, PeerFrame, PeerOutboxHandle, ShardMessage};
+use super::{
+    BatchMessage, Handshake, PeerCodec, PeerError, PeerFrame, PeerOutboxHandle, ShardMessage,
+};
 use crate::raft::NodeId;
 
 /// What every inbound connection task shares.
@@ -193,6 +202,7 @@ impl Inbound {
     ) {
         let (number, closed) = self.register(node);
         tracing::info!(node, %address, "peer connected");
+        let mut reassembly = Reassembly::new(node, SNAPSHOT_REASSEMBLY_BYTES_MAX);
         let ended = loop {
             let frame = tokio::select! {
                 biased;
@@ -202,7 +212,9 @@ impl Inbound {
             let result = match frame {
                 None => Err(LinkError::Closed),
                 Some(Err(error)) => Err(error.into()),
-                Some(Ok(PeerFrame::Batch(messages))) => self.deliver(node, messages),
+                Some(Ok(PeerFrame::Batch(messages))) => {
+                    self.deliver(node, messages, &mut reassembly)
+                }
                 Some(Ok(frame)) => Err(LinkError::UnexpectedFrame {
                     expected: "BATCH",
                     actual: frame.kind().name(),
@@ -213,6 +225,13 @@ impl Inbound {
             }
         };
         self.unregister(node, number);
+        if reassembly.bytes() > 0 {
+            tracing::info!(
+                node,
+                bytes = reassembly.bytes(),
+                "dropped the partial snapshots of a closed peer connection"
+            );
+        }
         match ended {
             None => tracing::debug!(node, %address, "closed a peer connection"),
             Some(LinkError::Closed) => tracing::info!(node, %address, "peer closed its connection"),
@@ -220,31 +239,59 @@ impl Inbound {
         }
     }
 
-    /// Checks every message of a frame from `node`, then delivers them all in order.
-    fn deliver(&self, node: NodeId, messages: Vec<ShardMessage>) -> Result<(), LinkError> {
-        for ShardMessage { shard, message } in &messages {
-            if *shard >= self.local.shard_count {
-                return Err(LinkError::ShardOutOfRange {
-                    shard: *shard,
-                    shard_count: self.local.shard_count,
-                });
-            }
-            if message.from != node {
-                return Err(LinkError::ForgedSender {
-                    node,
-                    claimed: message.from,
-                });
-            }
-            if message.to != self.local.node_id {
-                return Err(LinkError::WrongRecipient {
-                    to: message.to,
-                    local: self.local.node_id,
-                });
+    /// Checks every message of a frame from `node` and puts its snapshot chunks in
+    /// `reassembly`, then delivers its Raft messages and the snapshots it completed, in
+    /// order.
+    fn deliver(
+        &self,
+        node: NodeId,
+        messages: Vec<BatchMessage>,
+        reassembly: &mut Reassembly,
+    ) -> Result<(), LinkError> {
+        for message in &messages {
+            self.check(node, message)?;
+        }
+        let mut chunks = 0;
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for message in messages {
+            match message {
+                BatchMessage::Raft(message) => deliveries.push(message),
+                BatchMessage::Chunk(chunk) => {
+                    chunks += 1;
+                    deliveries.extend(reassembly.add(chunk)?);
+                }
             }
         }
-        PeerCounters::add(&self.counters.messages_received_total, messages.len());
-        for ShardMessage { shard, message } in messages {
+        PeerCounters::add(&self.counters.snapshot_chunks_received_total, chunks);
+        PeerCounters::add(&self.counters.messages_received_total, deliveries.len());
+        for ShardMessage { shard, message } in deliveries {
             (self.deliver)(shard, message);
+        }
+        Ok(())
+    }
+
+    /// Checks that a message from `node` is for a shard of the cluster, from `node`, to
+    /// this node.
+    fn check(&self, node: NodeId, message: &BatchMessage) -> Result<(), LinkError> {
+        let shard = message.shard();
+        if shard >= self.local.shard_count {
+            return Err(LinkError::ShardOutOfRange {
+                shard,
+                shard_count: self.local.shard_count,
+            });
+        }
+        let (from, to) = message.from_to();
+        if from != node {
+            return Err(LinkError::ForgedSender {
+                node,
+                claimed: from,
+            });
+        }
+        if to != self.local.node_id {
+            return Err(LinkError::WrongRecipient {
+                to,
+                local: self.local.node_id,
+            });
         }
         Ok(())
     }

@@ -14,6 +14,12 @@
 //! loop turn; a node runs many shards, and their messages to one peer go out as one frame
 //! with one checksum and one write, not one per shard.
 //!
+//! Snapshots: an InstallSnapshot larger than a chunk (`snapshot_chunk_bytes`, 8 MiB by
+//! default) travels as INSTALL_SNAPSHOT_CHUNK messages, one per turn of the sender, with
+//! the other messages passing between them (`chunker.rs`); the receiver puts them back
+//! together per connection and shard and delivers one InstallSnapshot (`reassembly.rs`).
+//! The Raft core never sees a chunk, and a snapshot is not bound by the frame size.
+//!
 //! # Frame (little-endian), see [`frame`]
 //! ```text
 //! offset size field
@@ -39,6 +45,7 @@
 //! HANDSHAKE_REFUSED              reason_len u16 | reason (UTF-8)
 //! BATCH                          count u32 | count x (shard u16 | message)
 //! message                        see [`message`]: from u64 | to u64 | term u64 | type u8 | fields
+//!                                (type 11, INSTALL_SNAPSHOT_CHUNK, is a piece of a snapshot)
 //! ```
 //!
 //! # Handshake rules
@@ -70,7 +77,11 @@
 //!   version check can name both versions.
 //! - Every address a node sends or accepts reads back in the `PEER_ADDR/CLIENT_ADDR`
 //!   notation ([`PeerAddress::parse`]), within `node_address_bytes_max`.
+//! - A snapshot put back together from chunks is at most [`SNAPSHOT_BYTES_MAX`], and the
+//!   partial snapshots of one connection hold at most `snapshot_reassembly_bytes_max`,
+//!   grown as their bytes arrive, never reserved from a length the peer claims.
 
+mod chunker;
 pub mod codec;
 pub mod frame;
 pub mod handshake;
@@ -80,11 +91,13 @@ pub mod message;
 mod outbound;
 mod outbox;
 mod reader;
+mod reassembly;
 pub mod transport;
 
 #[cfg(test)]
 mod tests;
 
+pub use chunker::{SNAPSHOT_CHUNK_BYTES, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MIN};
 pub use codec::PeerCodec;
 pub use frame::{FrameKind, PeerFrame, PEER_FRAME_BYTES_MAX, PEER_HEADER_BYTES, PEER_MAGIC};
 pub use handshake::{
@@ -92,7 +105,10 @@ pub use handshake::{
     REFUSAL_REASON_BYTES_MAX,
 };
 pub use incarnations::{IncarnationStore, SeenIncarnations};
-pub use message::{decode_message, encode_message, message_bytes, ShardId, ShardMessage};
+pub use message::{
+    decode_message, encode_message, message_bytes, BatchMessage, ShardId, ShardMessage,
+    SnapshotChunk, SNAPSHOT_BYTES_MAX,
+};
 pub use outbox::PeerOutboxHandle;
 pub use transport::{
     PeerAddress, PeerConfig, PeerConfigError, PeerNetwork, PeerStats, RunningPeers,

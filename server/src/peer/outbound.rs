@@ -2,16 +2,20 @@
 //!
 //! A task per link runs [`Outbound::run`]: it connects (retrying with a doubling delay),
 //! sends HANDSHAKE and checks the answer, then loops: wait for queued messages, drain
-//! everything queued, cut it into as few BATCH frames as fit ([`split_into_batches`]),
-//! write them. The connection carries no frames back; the task reads it only to notice the
-//! peer closing or breaking it. When the connection is lost it drops what is queued, calls
-//! `unreachable` once and connects again.
+//! everything queued, cut the snapshots larger than a chunk into chunks ([`Chunker`]: each
+//! turn writes the next chunk of one snapshot, after the other messages, and does not wait
+//! for the queue while a snapshot is unfinished), cut the turn into as few BATCH frames as
+//! fit ([`split_into_batches`]), write them. The connection carries no frames back; the
+//! task reads it only to notice the peer closing or breaking it. When the connection is
+//! lost it drops what is queued and the snapshots it was sending (the receiver drops their
+//! chunks), calls `unreachable` once and connects again.
 //!
 //! The task ends when the transport shuts down or when its link is closed (the outbox
 //! dropped the queue's sending side: the node left the cluster, or has a new address). It
 //! watches the queue for that while connecting and waiting too, dropping (and counting)
-//! any message that raced a disconnect. A closed link's queued messages are written first;
-//! then the connection is closed, and `unreachable` is not called.
+//! any message that raced a disconnect. A closed link's queued messages are written first
+//! (but not the rest of a snapshot being sent in chunks: the node is gone); then the
+//! connection is closed, and `unreachable` is not called.
 //!
 //! The HANDSHAKE tells the incarnation this node remembers for the peer; the answer's
 //! incarnation is checked against it and recorded if there was none
@@ -37,6 +41,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use super::chunker::Chunker;
 use super::frame::split_into_batches;
 use super::incarnations::Fence;
 use super::outbox::{Link, PeerOutboxHandle};
@@ -45,7 +50,8 @@ use super::transport::{
     PEER_QUEUE_MESSAGES_MAX, PEER_RECONNECT_DELAY_MAX, PEER_RECONNECT_DELAY_MIN,
 };
 use super::{
-    Handshake, HandshakeError, PeerCodec, PeerError, PeerFrame, ShardMessage, PEER_FRAME_BYTES_MAX,
+    BatchMessage, Handshake, HandshakeError, PeerCodec, PeerError, PeerFrame, ShardMessage,
+    PEER_FRAME_BYTES_MAX, SNAPSHOT_BYTES_MAX,
 };
 use crate::raft::NodeId;
 
@@ -53,6 +59,19 @@ use crate::raft::NodeId;
 struct Connection {
     reader: FramedRead<OwnedReadHalf, PeerCodec>,
     writer: OwnedWriteHalf,
+}
+
+/// What every outbound task of a transport shares.
+#[derive(Clone)]
+pub(super) struct OutboundContext {
+    pub local: Handshake,
+    pub outbox: Arc<PeerOutboxHandle>,
+    pub fence: Arc<Fence>,
+    pub counters: Arc<PeerCounters>,
+    pub unreachable: Unreachable,
+    pub cancel: CancellationToken,
+    /// Data bytes per snapshot chunk (`PeerConfig::snapshot_chunk_bytes`).
+    pub snapshot_chunk_bytes: usize,
 }
 
 /// The task state of one peer node's outbound connection.
@@ -64,18 +83,22 @@ pub(super) struct Outbound {
     counters: Arc<PeerCounters>,
     unreachable: Unreachable,
     cancel: CancellationToken,
+    snapshot_chunk_bytes: usize,
+    /// The snapshots the current connection is sending in chunks.
+    chunker: Chunker,
 }
 
 impl Outbound {
-    pub(super) fn new(
-        link: Link,
-        local: Handshake,
-        outbox: Arc<PeerOutboxHandle>,
-        fence: Arc<Fence>,
-        counters: Arc<PeerCounters>,
-        unreachable: Unreachable,
-        cancel: CancellationToken,
-    ) -> Outbound {
+    pub(super) fn new(link: Link, context: OutboundContext) -> Outbound {
+        let OutboundContext {
+            local,
+            outbox,
+            fence,
+            counters,
+            unreachable,
+            cancel,
+            snapshot_chunk_bytes,
+        } = context;
         Outbound {
             link,
             local,
@@ -84,6 +107,8 @@ impl Outbound {
             counters,
             unreachable,
             cancel,
+            snapshot_chunk_bytes,
+            chunker: Chunker::new(snapshot_chunk_bytes, PEER_FRAME_BYTES_MAX),
         }
     }
 
@@ -166,22 +191,27 @@ impl Outbound {
         let node = self.link.node;
         self.link.state.connected.store(true, Ordering::Release);
         PeerCounters::add(&self.counters.connections_outbound, 1);
-        let mut batch = Vec::new();
+        let mut drained = Vec::new();
         loop {
+            let sending = self.chunker.is_sending();
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return None,
                 frame = reader.next() => return Some(ended_by_peer(frame)),
-                received = self.link.queue.recv_many(&mut batch, PEER_QUEUE_MESSAGES_MAX) => {
+                received = self.link.queue.recv_many(&mut drained, PEER_QUEUE_MESSAGES_MAX) => {
                     if received == 0 {
                         return None; // the link is closed: nothing will be queued again
                     }
                 }
+                // A snapshot is unfinished: its next chunk goes now, queued messages or not.
+                () = std::future::ready(()), if sending => {}
             }
+            let turn = self.chunker.turn(drained.drain(..));
+            PeerCounters::add(&self.counters.messages_dropped_total, turn.superseded);
             let written = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return None,
-                written = write_batch(&mut writer, &mut batch, &self.counters, node) => written,
+                written = write_batch(&mut writer, turn.messages, &self.counters, node) => written,
             };
             if let Err(error) = written {
                 return Some(error);
@@ -194,13 +224,14 @@ impl Outbound {
     }
 
     /// The connection is gone: later messages are dropped at the outbox, and those queued
-    /// now are dropped here.
+    /// now are dropped here, with the snapshots it was sending in chunks.
     fn disconnected(&mut self) {
         self.link.state.connected.store(false, Ordering::Release);
         self.counters
             .connections_outbound
             .fetch_sub(1, Ordering::Relaxed);
-        let mut dropped = 0;
+        let mut dropped = self.chunker.snapshots();
+        self.chunker = Chunker::new(self.snapshot_chunk_bytes, PEER_FRAME_BYTES_MAX);
         while self.link.queue.try_recv().is_ok() {
             dropped += 1;
         }
@@ -290,29 +321,41 @@ fn ended_by_peer(frame: Option<Result<PeerFrame, PeerError>>) -> LinkError {
     }
 }
 
-/// Writes `batch` (drained) as BATCH frames, each within its write timeout. A message too
-/// large for any frame is dropped and logged; on a failed write, the rest are dropped.
-/// A TCP stream buffers nothing in user space, so a written frame needs no flush.
+/// Writes `messages` as BATCH frames, each within its write timeout. A message too large
+/// for any frame is dropped and logged; on a failed write, the rest are dropped. A TCP
+/// stream buffers nothing in user space, so a written frame needs no flush.
+///
+/// `peer_messages_*_total` count Raft messages: a snapshot sent in chunks counts once,
+/// with its last chunk; `peer_snapshot_chunks_sent_total` counts the chunks.
 async fn write_batch(
     writer: &mut OwnedWriteHalf,
-    batch: &mut Vec<ShardMessage>,
+    messages: Vec<BatchMessage>,
     counters: &PeerCounters,
     node: NodeId,
 ) -> Result<(), LinkError> {
-    let batches = split_into_batches(batch.drain(..), PEER_FRAME_BYTES_MAX);
+    let batches = split_into_batches(messages, PEER_FRAME_BYTES_MAX);
     for message in &batches.too_large {
         tracing::warn!(
             node,
-            shard = message.shard,
-            message = message.message.body.name(),
+            shard = message.shard(),
+            message = message.name(),
             bytes = message.encoded_bytes(),
-            "a message larger than peer_frame_bytes_max ({PEER_FRAME_BYTES_MAX}) was dropped"
+            "a message larger than peer_frame_bytes_max ({PEER_FRAME_BYTES_MAX}) was dropped \
+             (a snapshot is sent in chunks up to snapshot_bytes_max, {SNAPSHOT_BYTES_MAX})"
         );
     }
-    PeerCounters::add(&counters.messages_dropped_total, batches.too_large.len());
+    let too_large = batches
+        .too_large
+        .iter()
+        .map(BatchMessage::messages_completed);
+    PeerCounters::add(&counters.messages_dropped_total, too_large.sum());
     let mut frames = batches.frames.into_iter();
     while let Some((messages, frame_bytes)) = frames.next() {
-        let count = messages.len();
+        let count = completed(&messages);
+        let chunks = messages
+            .iter()
+            .filter(|message| matches!(message, BatchMessage::Chunk(_)))
+            .count();
         let mut bytes = BytesMut::with_capacity(frame_bytes);
         PeerFrame::Batch(messages)
             .encode(&mut bytes)
@@ -324,12 +367,21 @@ async fn write_batch(
             Err(_) => Err(LinkError::Timeout(limit)),
         };
         if let Err(error) = written {
-            let unsent = count + frames.map(|(messages, _)| messages.len()).sum::<usize>();
+            let unsent = count
+                + frames
+                    .map(|(messages, _)| completed(&messages))
+                    .sum::<usize>();
             PeerCounters::add(&counters.messages_dropped_total, unsent);
             return Err(error);
         }
         PeerCounters::add(&counters.messages_sent_total, count);
+        PeerCounters::add(&counters.snapshot_chunks_sent_total, chunks);
         PeerCounters::add(&counters.frames_sent_total, 1);
     }
     Ok(())
+}
+
+/// The Raft messages `messages` complete, see [`BatchMessage::messages_completed`].
+fn completed(messages: &[BatchMessage]) -> usize {
+    messages.iter().map(BatchMessage::messages_completed).sum()
 }

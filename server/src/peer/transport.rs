@@ -24,15 +24,18 @@
 //!   that node. A task connects (retrying after [`PEER_RECONNECT_DELAY_MIN`], doubling up
 //!   to [`PEER_RECONNECT_DELAY_MAX`]), sends HANDSHAKE and checks the answer, then loops:
 //!   wait for queued messages, drain everything queued, write it as BATCH frames (as few as
-//!   fit in `peer_frame_bytes_max`; one InstallSnapshot may fill a frame alone). It never
-//!   reads a BATCH: it reads only to notice the peer closing or breaking the connection. It
-//!   ends when its link is closed or the transport shuts down.
+//!   fit in `peer_frame_bytes_max`). A snapshot larger than `snapshot_chunk_bytes` goes as
+//!   INSTALL_SNAPSHOT_CHUNKs, one per turn after the turn's other messages, one snapshot at
+//!   a time (`chunker.rs`). It never reads a BATCH: it reads only to notice the peer closing
+//!   or breaking the connection. It ends when its link is closed or the transport shuts
+//!   down.
 //! - **Inbound** (`inbound.rs`): the accepting node checks the HANDSHAKE
 //!   ([`Handshake::check`]) and the peer's incarnation (recording it if it knew none),
 //!   answers HANDSHAKE_ACCEPTED or HANDSHAKE_REFUSED (logged at warn with the reason, at
 //!   error for a changed incarnation), tells the outbox the address the peer advertised, then only
-//!   reads BATCH frames and hands each message to `deliver`. Any node of the cluster (same
-//!   cluster id and shard count) is heard, linked or not. A frame with a message for a
+//!   reads BATCH frames and hands each message to `deliver`, snapshot chunks put back
+//!   together first (`reassembly.rs`: `deliver` sees one InstallSnapshot). Any node of the
+//!   cluster (same cluster id and shard count) is heard, linked or not. A frame with a message for a
 //!   shard past the shard count, from another node than the handshaken one, or to another
 //!   node than this one closes the connection (logged at warn) and none of its messages is
 //!   delivered. A node keeps one inbound connection per peer node: a new accepted handshake
@@ -48,8 +51,10 @@
 //! The outbox never blocks a shard: each linked node has a queue of at most
 //! [`PEER_QUEUE_MESSAGES_MAX`] messages, and a message is dropped (and counted in
 //! `peer_messages_dropped_total`) when that queue is full, when the node has no link or is
-//! not connected, when its connection fails with the message queued or unwritten, and when
-//! the message is too large for any frame. Raft already resends what is lost (heartbeats,
+//! not connected, when its connection fails with the message queued or unwritten (or with
+//! the snapshot being sent in chunks), when it is a snapshot the connection is already
+//! sending (or one waiting that a later one of its shard replaced), and when it is too
+//! large for any frame and cannot be sent in chunks. Raft already resends what is lost (heartbeats,
 //! append retries, probes), so a drop costs time, not safety. So that a leader does not
 //! wait on appends it believes are in flight, `unreachable(node)` is called once per lost
 //! connection and once per burst of drops at a full queue; the shard then probes that node
@@ -57,9 +62,11 @@
 //!
 //! # Invariants
 //! - Messages of one shard to one node arrive in the order that shard sent them, or not at
-//!   all: one connection per direction and link, a FIFO queue, frames cut in order. (While
-//!   a node is relinked at a new address, its old and new connections may overlap; Raft
-//!   accepts reordered messages as it accepts late ones.)
+//!   all: one connection per direction and link, a FIFO queue, frames cut in order. Two
+//!   exceptions, which Raft accepts as it accepts late messages: a snapshot sent in chunks
+//!   arrives with its last chunk, after messages sent behind it (so that it does not hold
+//!   them up, see `chunker.rs`); and while a node is relinked at a new address, its old
+//!   and new connections may overlap.
 //! - Nothing reaches `deliver` before the sender's handshake was accepted, its incarnation
 //!   included (the one remembered for it, or recorded durably before the answer), and
 //!   every delivered message names the handshaken node as `from`, this node as `to`, and a
@@ -86,10 +93,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::chunker::{SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MIN};
 use super::inbound::Inbound;
 use super::incarnations::{Fence, SeenIncarnations};
-use super::outbound::Outbound;
+use super::outbound::{Outbound, OutboundContext};
 use super::outbox::{Link, PeerOutboxHandle};
+use super::reassembly::ReassemblyError;
 use super::{Handshake, HandshakeError, PeerError, ShardId, NODE_ADDRESS_BYTES_MAX};
 use crate::raft::{Message, NodeId};
 use crate::wal::record::Command;
@@ -228,6 +237,12 @@ pub struct PeerConfig {
     ///
     /// [`PeerOutbox::members_changed`]: crate::shard::PeerOutbox::members_changed
     pub peers: BTreeMap<NodeId, PeerAddress>,
+    /// Data bytes per INSTALL_SNAPSHOT_CHUNK this node sends: a snapshot larger than this
+    /// goes in chunks, between which the other shards' messages pass (`chunker.rs`).
+    /// [`SNAPSHOT_CHUNK_BYTES`](super::SNAPSHOT_CHUNK_BYTES) (8 MiB) by default; within
+    /// [`SNAPSHOT_CHUNK_BYTES_MIN`]`..=`[`SNAPSHOT_CHUNK_BYTES_MAX`]. Per process: the
+    /// nodes of a cluster need not agree on it.
+    pub snapshot_chunk_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -244,6 +259,11 @@ pub enum PeerConfigError {
     PeerIdZero,
     #[error("the address of node {node}: {reason}")]
     Address { node: NodeId, reason: String },
+    #[error(
+        "snapshot chunks of {0} bytes: the size is within \
+         {SNAPSHOT_CHUNK_BYTES_MIN}..={SNAPSHOT_CHUNK_BYTES_MAX}"
+    )]
+    SnapshotChunkBytes(usize),
 }
 
 impl PeerConfig {
@@ -262,6 +282,13 @@ impl PeerConfig {
         }
         if self.peers.contains_key(&0) {
             return Err(PeerConfigError::PeerIdZero);
+        }
+        if !(SNAPSHOT_CHUNK_BYTES_MIN..=SNAPSHOT_CHUNK_BYTES_MAX)
+            .contains(&self.snapshot_chunk_bytes)
+        {
+            return Err(PeerConfigError::SnapshotChunkBytes(
+                self.snapshot_chunk_bytes,
+            ));
         }
         let addresses = std::iter::once((&self.node_id, &self.advertise)).chain(&self.peers);
         for (&node, address) in addresses {
@@ -311,6 +338,8 @@ pub enum LinkError {
     ForgedSender { node: NodeId, claimed: NodeId },
     #[error("a message for node {to} reached node {local}")]
     WrongRecipient { to: NodeId, local: NodeId },
+    #[error(transparent)]
+    Reassembly(#[from] ReassemblyError),
 }
 
 impl LinkError {
@@ -344,6 +373,12 @@ pub(super) struct PeerCounters {
     pub messages_received_total: AtomicU64,
     pub messages_dropped_total: AtomicU64,
     pub frames_sent_total: AtomicU64,
+    /// INSTALL_SNAPSHOT_CHUNKs written; a snapshot sent in chunks counts once in
+    /// `messages_sent_total`, with its last chunk.
+    pub snapshot_chunks_sent_total: AtomicU64,
+    /// INSTALL_SNAPSHOT_CHUNKs read; a snapshot put back together counts once in
+    /// `messages_received_total`, when it is delivered.
+    pub snapshot_chunks_received_total: AtomicU64,
     pub handshakes_refused_total: AtomicU64,
     /// Open, handshaken outbound connections.
     pub connections_outbound: AtomicU64,
@@ -367,6 +402,14 @@ impl PeerCounters {
             ),
             ("peer_messages_dropped_total", &self.messages_dropped_total),
             ("peer_frames_sent_total", &self.frames_sent_total),
+            (
+                "peer_snapshot_chunks_sent_total",
+                &self.snapshot_chunks_sent_total,
+            ),
+            (
+                "peer_snapshot_chunks_received_total",
+                &self.snapshot_chunks_received_total,
+            ),
             (
                 "peer_handshakes_refused_total",
                 &self.handshakes_refused_total,
@@ -467,13 +510,16 @@ impl PeerNetwork {
         );
         tracker.spawn(inbound.accept_loop(listener));
         let outbounds = Outbounds {
-            local: handshake,
-            outbox: self.outbox,
-            fence: fence.clone(),
-            counters: self.counters.clone(),
-            unreachable,
+            context: OutboundContext {
+                local: handshake,
+                outbox: self.outbox,
+                fence: fence.clone(),
+                counters: self.counters.clone(),
+                unreachable,
+                cancel: cancel.clone(),
+                snapshot_chunk_bytes: self.config.snapshot_chunk_bytes,
+            },
             tracker: tracker.clone(),
-            cancel: cancel.clone(),
         };
         tracker.spawn(outbounds.run(self.opened));
         tracing::info!(
@@ -494,13 +540,8 @@ impl PeerNetwork {
 
 /// What starts an outbound task for each link the outbox opens.
 struct Outbounds {
-    local: Handshake,
-    outbox: Arc<PeerOutboxHandle>,
-    fence: Arc<Fence>,
-    counters: Arc<PeerCounters>,
-    unreachable: Unreachable,
+    context: OutboundContext,
     tracker: TaskTracker,
-    cancel: CancellationToken,
 }
 
 impl Outbounds {
@@ -509,21 +550,13 @@ impl Outbounds {
         loop {
             let link = tokio::select! {
                 biased;
-                () = self.cancel.cancelled() => return,
+                () = self.context.cancel.cancelled() => return,
                 link = opened.recv() => link,
             };
             let Some(link) = link else {
                 return; // the outbox is gone: no link will be opened again
             };
-            let outbound = Outbound::new(
-                link,
-                self.local.clone(),
-                self.outbox.clone(),
-                self.fence.clone(),
-                self.counters.clone(),
-                self.unreachable.clone(),
-                self.cancel.clone(),
-            );
+            let outbound = Outbound::new(link, self.context.clone());
             self.tracker.spawn(outbound.run());
         }
     }

@@ -13,7 +13,7 @@ const BATCH_HEX: &str = "cd 04 00 00 2f 00 00 00 \
 
 #[test]
 fn the_format_is_stable() {
-    let bytes = encode(&PeerFrame::Batch(vec![heartbeat(3, 1, 2, 5, 7)]));
+    let bytes = encode(&PeerFrame::batch(vec![heartbeat(3, 1, 2, 5, 7)]));
     assert_eq!(hex(&bytes), hex(&hex_tokens(BATCH_HEX)));
     // The checksums in the literal are CRC-32C of the body and of the header's first 12 bytes.
     let body = &bytes[PEER_HEADER_BYTES..];
@@ -98,11 +98,26 @@ fn protocol_md_examples() -> Vec<PeerFrame> {
             },
         },
     };
+    let chunk = SnapshotChunk {
+        shard: 0,
+        from: 1,
+        to: 2,
+        term: 3,
+        meta: SnapshotMeta {
+            index: 40,
+            term: 2,
+            membership: Membership::new([1, 2, 3]),
+        },
+        offset: 0,
+        total: 20_000_000,
+        data: Bytes::from_static(b"KAHUSNP3"),
+    };
     vec![
         PeerFrame::Handshake(handshake_of(4, 1).to_receiver(Some(incarnation_of(2)))),
         PeerFrame::HandshakeRefused("shard count differs".to_string()),
-        PeerFrame::Batch(vec![heartbeat(3, 1, 2, 5, 7)]),
-        PeerFrame::Batch(vec![append]),
+        PeerFrame::batch(vec![heartbeat(3, 1, 2, 5, 7)]),
+        PeerFrame::batch(vec![append]),
+        PeerFrame::Batch(vec![BatchMessage::Chunk(chunk)]),
     ]
 }
 

@@ -75,7 +75,7 @@ fn a_frame_too_large_to_send_is_refused_and_nothing_is_written() {
         meta: SnapshotMeta::default(),
         data: Bytes::from(vec![0; PEER_FRAME_BYTES_MAX]),
     };
-    let frame = PeerFrame::Batch(vec![ShardMessage {
+    let frame = PeerFrame::batch(vec![ShardMessage {
         shard: 0,
         message: Message {
             from: 1,

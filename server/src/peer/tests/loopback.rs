@@ -95,6 +95,7 @@ pub(super) fn config(
         incarnation: incarnation_of(node_id),
         seen: SeenIncarnations::new(BTreeMap::new(), Arc::new(MemoryStore::default())),
         peers,
+        snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
     }
 }
 
@@ -161,6 +162,15 @@ pub(super) async fn closed_address() -> SocketAddr {
 
 /// Nodes 1 to `count` of one cluster, every one a peer of every other.
 pub(super) async fn cluster(count: u64, shard_count: u16) -> Vec<TestNode> {
+    cluster_with_chunks(count, shard_count, SNAPSHOT_CHUNK_BYTES).await
+}
+
+/// [`cluster`], each node sending snapshots in chunks of `snapshot_chunk_bytes`.
+pub(super) async fn cluster_with_chunks(
+    count: u64,
+    shard_count: u16,
+    snapshot_chunk_bytes: usize,
+) -> Vec<TestNode> {
     let mut listeners = Vec::new();
     for _ in 0..count {
         listeners.push(loopback_listener().await);
@@ -171,7 +181,8 @@ pub(super) async fn cluster(count: u64, shard_count: u16) -> Vec<TestNode> {
         .collect();
     let mut nodes = Vec::new();
     for ((id, address), listener) in addresses.iter().zip(listeners) {
-        let config = config(*id, CLUSTER, shard_count, *address, &addresses);
+        let mut config = config(*id, CLUSTER, shard_count, *address, &addresses);
+        config.snapshot_chunk_bytes = snapshot_chunk_bytes;
         nodes.push(start(config, Some(listener)).await);
     }
     nodes

@@ -63,7 +63,7 @@ async fn connect_and_send_as(node: &mut TestNode, id: NodeId, advertise: PeerAdd
         message: heartbeat_message(id, node.id, 21),
     };
     framed
-        .send(PeerFrame::Batch(vec![heartbeat]))
+        .send(PeerFrame::batch(vec![heartbeat]))
         .await
         .unwrap();
     assert_eq!(commit_of(&node.receive(1).await[0].1), 21);
@@ -137,7 +137,10 @@ async fn removing_a_node_closes_the_connection_it_was_sent_on() {
     let Some(Ok(PeerFrame::Batch(messages))) = frame else {
         panic!("not a batch: {frame:?}");
     };
-    assert_eq!(commit_of(&messages[0].message), 7);
+    let BatchMessage::Raft(first) = &messages[0] else {
+        panic!("not a Raft message: {:?}", messages[0]);
+    };
+    assert_eq!(commit_of(&first.message), 7);
 
     // Phase 3: then node 2 sees the connection close, and node 1 does not connect again.
     let next = tokio::time::timeout(WAIT, raw_2.next()).await;

@@ -14,6 +14,7 @@ use crate::raft::{Entry, EntryKind, Membership, Message, MessageBody, Snapshot, 
 use crate::wal::record::Command;
 
 mod address;
+mod chunks;
 mod format;
 mod handshake;
 mod incarnations;
@@ -130,10 +131,49 @@ fn message_strategy() -> impl Strategy<Value = Message<Command>> {
     )
 }
 
-fn batch_strategy() -> impl Strategy<Value = PeerFrame> {
+/// Chunks as a sender cuts them: never empty, ending within `total`, which is within
+/// [`SNAPSHOT_BYTES_MAX`].
+fn chunk_strategy() -> impl Strategy<Value = SnapshotChunk> {
+    let u64 = any::<u64>;
+    (
+        (any::<u16>(), u64(), u64(), u64()),
+        (u64(), u64(), membership_strategy()),
+        proptest::collection::vec(any::<u8>(), 1..=256).prop_map(Bytes::from),
+        0..SNAPSHOT_BYTES_MAX - 1024,
+        0u64..=512,
+    )
+        .prop_map(
+            |((shard, from, to, term), (index, snapshot_term, membership), data, offset, after)| {
+                let total = offset + data.len() as u64 + after;
+                SnapshotChunk {
+                    shard,
+                    from,
+                    to,
+                    term,
+                    meta: SnapshotMeta {
+                        index,
+                        term: snapshot_term,
+                        membership,
+                    },
+                    offset,
+                    total,
+                    data,
+                }
+            },
+        )
+}
+
+fn batch_message_strategy() -> impl Strategy<Value = BatchMessage> {
     let shard_message = (any::<u16>(), message_strategy())
-        .prop_map(|(shard, message)| ShardMessage { shard, message });
-    proptest::collection::vec(shard_message, 1..6).prop_map(PeerFrame::Batch)
+        .prop_map(|(shard, message)| BatchMessage::Raft(ShardMessage { shard, message }));
+    prop_oneof![
+        4 => shard_message,
+        1 => chunk_strategy().prop_map(BatchMessage::Chunk),
+    ]
+}
+
+fn batch_strategy() -> impl Strategy<Value = PeerFrame> {
+    proptest::collection::vec(batch_message_strategy(), 1..6).prop_map(PeerFrame::Batch)
 }
 
 /// Addresses as [`PeerAddress::parse`] reads them: an IPv4 or IPv6 peer address (whose

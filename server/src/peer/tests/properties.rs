@@ -189,6 +189,21 @@ fn one_message_of_every_kind_with_entries_of_every_kind_round_trips() {
             },
         })
         .collect();
+    let mut messages: Vec<BatchMessage> = messages.into_iter().map(BatchMessage::Raft).collect();
+    messages.push(BatchMessage::Chunk(SnapshotChunk {
+        shard: 10,
+        from: 1,
+        to: 2,
+        term: 2,
+        meta: SnapshotMeta {
+            index: 100,
+            term: 2,
+            membership: Membership::new([1, 2, 3]),
+        },
+        offset: 8,
+        total: 22,
+        data: Bytes::from_static(b"and the locks"),
+    }));
     let frame = PeerFrame::Batch(messages);
 
     // Phase 3: the frame comes back equal, with nothing left over.
@@ -221,14 +236,14 @@ proptest! {
             prop_assert!(bytes + next > frame_bytes_max);
         }
         // Phase 3: nothing lost, nothing reordered; only what fits no frame is set apart.
-        let fits = |message: &ShardMessage| {
+        let fits = |message: &BatchMessage| {
             frame::BATCH_FRAME_BYTES_MIN + message.encoded_bytes() <= frame_bytes_max
         };
-        let sent: Vec<ShardMessage> =
+        let sent: Vec<BatchMessage> =
             batches.frames.iter().flat_map(|(messages, _)| messages.clone()).collect();
-        let expected: Vec<ShardMessage> = messages.iter().filter(|m| fits(m)).cloned().collect();
+        let expected: Vec<BatchMessage> = messages.iter().filter(|m| fits(m)).cloned().collect();
         prop_assert_eq!(sent, expected);
-        let apart: Vec<ShardMessage> = messages.into_iter().filter(|m| !fits(m)).collect();
+        let apart: Vec<BatchMessage> = messages.into_iter().filter(|m| !fits(m)).collect();
         prop_assert_eq!(batches.too_large, apart);
     }
 }

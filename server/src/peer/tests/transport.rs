@@ -1,5 +1,5 @@
 //! The transport carrying messages: both ways, between three nodes, to a node that starts
-//! late, and a burst past one frame's limit.
+//! late, a burst past one frame's limit, and snapshots larger than a chunk.
 
 use std::collections::BTreeMap;
 
@@ -161,14 +161,12 @@ async fn a_peer_that_starts_late_is_connected_to_once_it_is_up() {
 
 #[tokio::test]
 async fn a_burst_past_one_frames_limit_is_split_and_delivered_in_order_per_shard() {
-    // Phase 1: two nodes, connected.
-    let mut nodes = cluster(2, 2).await;
+    // Phase 1: two nodes, connected, that send snapshots of up to 32 MiB whole.
+    let mut nodes = cluster_with_chunks(2, 2, SNAPSHOT_CHUNK_BYTES_MAX).await;
     all_connected(&nodes).await;
-    let (logs, _guard) = Logs::capture();
 
     // Phase 2: without yielding, so one drain takes it all: three snapshots of 25 MiB
-    // between heartbeats on two shards (75 MiB, more than one 64 MiB frame), and one
-    // snapshot too large for any frame.
+    // between heartbeats on two shards (75 MiB, more than one 64 MiB frame).
     let snapshot = |data: Bytes| MessageBody::InstallSnapshot {
         snapshot: Snapshot {
             meta: SnapshotMeta {
@@ -186,7 +184,6 @@ async fn a_burst_past_one_frames_limit_is_split_and_delivered_in_order_per_shard
         body,
     };
     let data = Bytes::from(vec![0x5a; 25 << 20]);
-    let too_large = Bytes::from(vec![0; PEER_FRAME_BYTES_MAX]);
     let outbox = &nodes[0].outbox;
     for position in 0..3 {
         let shard = position % 2;
@@ -198,7 +195,6 @@ async fn a_burst_past_one_frames_limit_is_split_and_delivered_in_order_per_shard
             ],
         );
     }
-    outbox.send(0, vec![message(snapshot(too_large))]);
     outbox.send(0, vec![heartbeat_message(1, 2, 10)]);
     outbox.send(1, vec![heartbeat_message(1, 2, 11)]);
 
@@ -232,13 +228,88 @@ async fn a_burst_past_one_frames_limit_is_split_and_delivered_in_order_per_shard
     assert!(nodes[1].received_nothing());
     assert_eq!(nodes[0].stat("peer_frames_sent_total"), 2);
     assert_eq!(nodes[0].stat("peer_messages_sent_total"), 8);
+    assert_eq!(nodes[0].stat("peer_snapshot_chunks_sent_total"), 0);
+    assert_eq!(nodes[0].stat("peer_messages_dropped_total"), 0);
+    shutdown(nodes).await;
+}
 
-    // Phase 4: the snapshot too large for a frame was dropped, counted and logged.
-    assert_eq!(nodes[0].stat("peer_messages_dropped_total"), 1);
-    assert!(
-        logs.text().contains("larger than peer_frame_bytes_max"),
-        "{}",
-        logs.text()
+/// An InstallSnapshot of shard `shard` from node 1 to node 2 with `data`.
+fn snapshot_message(index: u64, data: Bytes) -> Message<Command> {
+    Message {
+        from: 1,
+        to: 2,
+        term: 3,
+        body: MessageBody::InstallSnapshot {
+            snapshot: Snapshot {
+                meta: SnapshotMeta {
+                    index,
+                    term: 2,
+                    membership: Membership::new([1, 2]),
+                },
+                data,
+            },
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_larger_than_a_chunk_arrives_whole_while_other_messages_pass_it() {
+    const CHUNK: usize = 64 << 10;
+    // Phase 1: two nodes that send snapshots in chunks of 64 KiB.
+    let mut nodes = cluster_with_chunks(2, 2, CHUNK).await;
+    all_connected(&nodes).await;
+
+    // Phase 2: node 1 sends shard 0 a snapshot of 4.5 MiB (72 chunks, in as many turns of
+    // its writer), and heartbeats of both shards before it, right after it and while it is
+    // being written.
+    let data: Bytes = (0..CHUNK * 72 + CHUNK / 2)
+        .map(|position| (position % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let outbox = &nodes[0].outbox;
+    outbox.send(1, vec![heartbeat_message(1, 2, 100)]);
+    outbox.send(
+        0,
+        vec![
+            heartbeat_message(1, 2, 0),
+            snapshot_message(40, data.clone()),
+            heartbeat_message(1, 2, 1),
+        ],
     );
+    for commit in 101..110 {
+        outbox.send(1, vec![heartbeat_message(1, 2, commit)]);
+        tokio::task::yield_now().await;
+    }
+
+    // Phase 3: node 2 receives the snapshot once, whole, and every heartbeat in the order
+    // of its shard; the heartbeat sent right after the snapshot passed it.
+    let received = nodes[1].receive(13).await;
+    let order = |shard: ShardId| -> Vec<String> {
+        received
+            .iter()
+            .filter(|(delivered_shard, _)| *delivered_shard == shard)
+            .map(|(_, message)| match &message.body {
+                MessageBody::Heartbeat { commit, .. } => format!("heartbeat {commit}"),
+                MessageBody::InstallSnapshot { snapshot } => {
+                    assert_eq!(message, &snapshot_message(40, data.clone()));
+                    format!("snapshot {}", snapshot.meta.index)
+                }
+                body => panic!("unexpected {}", body.name()),
+            })
+            .collect()
+    };
+    assert_eq!(order(0), ["heartbeat 0", "heartbeat 1", "snapshot 40"]);
+    let shard_1: Vec<String> = (100..110)
+        .map(|commit| format!("heartbeat {commit}"))
+        .collect();
+    assert_eq!(order(1), shard_1);
+    assert!(nodes[1].received_nothing());
+
+    // Phase 4: the counters tell chunks from messages.
+    assert_eq!(nodes[0].stat("peer_snapshot_chunks_sent_total"), 73);
+    assert_eq!(nodes[1].stat("peer_snapshot_chunks_received_total"), 73);
+    assert_eq!(nodes[0].stat("peer_messages_sent_total"), 13);
+    assert_eq!(nodes[1].stat("peer_messages_received_total"), 13);
+    assert_eq!(nodes[0].stat("peer_messages_dropped_total"), 0);
     shutdown(nodes).await;
 }

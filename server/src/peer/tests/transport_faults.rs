@@ -1,5 +1,6 @@
 //! The transport against the wrong peer: refused handshakes, a peer that goes away, and a
-//! peer (played by the test over a raw connection) that sends what it must not.
+//! peer (played by the test over a raw connection) that sends what it must not, or stops
+//! in the middle of a snapshot.
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -165,15 +166,10 @@ async fn closed_by_peer(framed: &mut Framed<TcpStream, PeerCodec>) {
 }
 
 fn batch(messages: &[(ShardId, Message<Command>)]) -> PeerFrame {
-    PeerFrame::Batch(
-        messages
-            .iter()
-            .map(|(shard, message)| ShardMessage {
-                shard: *shard,
-                message: message.clone(),
-            })
-            .collect(),
-    )
+    PeerFrame::batch(messages.iter().map(|(shard, message)| ShardMessage {
+        shard: *shard,
+        message: message.clone(),
+    }))
 }
 
 #[tokio::test]
@@ -261,4 +257,93 @@ fn config_listing_itself(address: std::net::SocketAddr) -> PeerConfig {
     let itself: NodeId = 1;
     config.peers.insert(itself, node_address(itself, address));
     config
+}
+
+/// The chunks of a snapshot of shard 0 from node 1 to node 2 at `index`, of `length`
+/// bytes, in pieces of `piece` bytes: as a sender cuts them.
+fn snapshot_chunks(index: u64, length: usize, piece: usize) -> Vec<SnapshotChunk> {
+    let data: Bytes = (0..length)
+        .map(|position| position as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    (0..length)
+        .step_by(piece)
+        .map(|offset| SnapshotChunk {
+            shard: 0,
+            from: 1,
+            to: 2,
+            term: 3,
+            meta: SnapshotMeta {
+                index,
+                term: 2,
+                membership: Membership::new([1, 2]),
+            },
+            offset: offset as u64,
+            total: length as u64,
+            data: data.slice(offset..(offset + piece).min(length)),
+        })
+        .collect()
+}
+
+fn chunk_frame(chunk: &SnapshotChunk) -> PeerFrame {
+    PeerFrame::Batch(vec![BatchMessage::Chunk(chunk.clone())])
+}
+
+#[tokio::test]
+async fn a_snapshot_cut_short_by_a_closed_connection_is_never_delivered() {
+    let mut node_2 = node_2_alone().await;
+    let chunks = snapshot_chunks(40, 5000, 1000);
+    // Phase 1: node 1 sends two chunks, then its connection closes.
+    let mut raw = connect_as_node_1(&node_2).await;
+    for chunk in &chunks[..2] {
+        raw.send(chunk_frame(chunk)).await.unwrap();
+    }
+    drop(raw);
+
+    // Phase 2: on its next connection, the rest of that snapshot continues nothing; a
+    // heartbeat behind it shows that it was read.
+    let mut raw = connect_as_node_1(&node_2).await;
+    for chunk in &chunks[2..] {
+        raw.send(chunk_frame(chunk)).await.unwrap();
+    }
+    raw.send(batch(&[(0, heartbeat_message(1, 2, 7))]))
+        .await
+        .unwrap();
+    let received = node_2.receive(1).await;
+    assert_eq!(commit_of(&received[0].1), 7);
+
+    // Phase 3: the snapshot sent again from its start arrives whole.
+    for chunk in &chunks {
+        raw.send(chunk_frame(chunk)).await.unwrap();
+    }
+    let received = node_2.receive(1).await;
+    let MessageBody::InstallSnapshot { snapshot } = &received[0].1.body else {
+        panic!("not a snapshot: {:?}", received[0].1);
+    };
+    let data: Vec<u8> = chunks
+        .iter()
+        .flat_map(|chunk| chunk.data.to_vec())
+        .collect();
+    assert_eq!((snapshot.meta.index, &snapshot.data[..]), (40, &data[..]));
+    assert!(node_2.received_nothing());
+    shutdown(vec![node_2]).await;
+}
+
+#[tokio::test]
+async fn a_chunk_past_the_snapshot_bound_closes_the_connection() {
+    let mut node_2 = node_2_alone().await;
+    let (logs, _guard) = Logs::capture();
+    let mut raw = connect_as_node_1(&node_2).await;
+    let mut chunk = snapshot_chunks(40, 5000, 1000).remove(0);
+    chunk.total = SNAPSHOT_BYTES_MAX + 1;
+    raw.send(batch(&[(0, heartbeat_message(1, 2, 7))]))
+        .await
+        .unwrap();
+    raw.send(chunk_frame(&chunk)).await.unwrap();
+    closed_by_peer(&mut raw).await;
+    assert_eq!(commit_of(&node_2.receive(1).await[0].1), 7);
+    assert!(node_2.received_nothing());
+    let text = logs.text();
+    assert!(text.contains("past snapshot_bytes_max"), "{text}");
+    shutdown(vec![node_2]).await;
 }
