@@ -1,5 +1,5 @@
 //! Three kahu nodes in one process, on loopback: elections, replication, NOT_LEADER hints,
-//! and what a client sees when a leader stops.
+//! what a client sees when a leader stops, and a follower far behind catching up.
 //!
 //! Ticks are 10 ms here (elections within a few hundred milliseconds); every wait is
 //! bounded. Ports are chosen by the OS: each node's client and peer listeners are bound
@@ -26,6 +26,8 @@ struct Cluster {
     peers: String,
     tick_ms: u64,
     election_ticks: u32,
+    /// Applied to every node's settings after the cluster's own.
+    adjust: fn(&mut Config),
 }
 
 /// Attempts at starting a cluster on freshly picked ports.
@@ -47,8 +49,18 @@ impl Cluster {
     /// [`Cluster::start`] with Raft ticks of `tick_ms` and elections after
     /// `election_ticks` of them.
     async fn start_with_timing(size: u64, tick_ms: u64, election_ticks: u32) -> Cluster {
+        Cluster::start_with(size, tick_ms, election_ticks, |_| {}).await
+    }
+
+    /// [`Cluster::start_with_timing`], every node's settings then changed by `adjust`.
+    async fn start_with(
+        size: u64,
+        tick_ms: u64,
+        election_ticks: u32,
+        adjust: fn(&mut Config),
+    ) -> Cluster {
         for _ in 0..START_ATTEMPTS_MAX {
-            match Cluster::try_start(size, tick_ms, election_ticks).await {
+            match Cluster::try_start(size, tick_ms, election_ticks, adjust).await {
                 Ok(cluster) => return cluster,
                 Err(error) => eprintln!("cluster start failed, retrying on new ports: {error}"),
             }
@@ -60,6 +72,7 @@ impl Cluster {
         size: u64,
         tick_ms: u64,
         election_ticks: u32,
+        adjust: fn(&mut Config),
     ) -> Result<Cluster, kahu_server::ServerError> {
         let addresses: BTreeMap<u64, (SocketAddr, SocketAddr)> = (1..=size)
             .map(|id| (id, (free_port(), free_port())))
@@ -74,6 +87,7 @@ impl Cluster {
             peers: peers.clone(),
             tick_ms,
             election_ticks,
+            adjust,
         };
         for (&id, &(client, _)) in &addresses {
             let data_dir = tempfile::tempdir().expect("data directory");
@@ -83,6 +97,7 @@ impl Cluster {
             config.peers = peers.clone();
             config.tick_ms = tick_ms;
             config.election_ticks = election_ticks;
+            adjust(&mut config);
             let server = match Server::start(config).await {
                 Ok(server) => server,
                 Err(error) => {
@@ -119,6 +134,7 @@ impl Cluster {
             config.join = true;
             config.tick_ms = self.tick_ms;
             config.election_ticks = self.election_ticks;
+            (self.adjust)(&mut config);
             match Server::start(config).await {
                 Ok(server) => {
                     let address = format!("{peer}/{client}");
@@ -150,9 +166,25 @@ impl Cluster {
         config.peers = self.peers.clone();
         config.tick_ms = self.tick_ms;
         config.election_ticks = self.election_ticks;
+        (self.adjust)(&mut config);
         let server = Server::start(config).await;
         node.server = Some(server.expect("node starts again on the ports it had"));
         node._data_dir = data_dir;
+    }
+
+    /// Starts stopped node `id` again, on its data directory and the ports it had.
+    async fn restart(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        assert!(node.server.is_none(), "node {id} is running");
+        let mut config = Config::for_tests(node._data_dir.path());
+        config.listen = node.client;
+        config.node_id = id;
+        config.peers = self.peers.clone();
+        config.tick_ms = self.tick_ms;
+        config.election_ticks = self.election_ticks;
+        (self.adjust)(&mut config);
+        let server = Server::start(config).await;
+        node.server = Some(server.expect("node starts again on the ports it had"));
     }
 
     /// A client of every running node.
@@ -580,6 +612,59 @@ async fn a_node_is_added_only_once_it_answers_at_the_address_given() {
     {
         Response::Members(reply) => assert_eq!(reply.voters, vec![1, 2, 3]),
         other => panic!("{other:?}"),
+    }
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_through_a_snapshot_sent_in_chunks() {
+    // Shards snapshot every 4 KiB of log, and send snapshots in chunks of 1 KiB: a few
+    // hundred locks make a snapshot of many chunks.
+    let mut cluster = Cluster::start_with(3, 10, 10, |config| {
+        config.snapshot_log_bytes = 4 << 10;
+        config.peer_snapshot_chunk_bytes = 1 << 10;
+    })
+    .await;
+    cluster.wait_until_settled().await;
+
+    // Phase 1: node 3 stops; 400 locks are granted meanwhile, and the leaders snapshot
+    // and drop the log node 3 would need.
+    cluster.stop(3).await;
+    let mut tokens = BTreeMap::new();
+    for position in 0..400 {
+        let key = format!("job-{position:04}");
+        let (granted, _) = cluster.call(&lock(&key, "scheduler", 600_000, 0)).await;
+        tokens.insert(key, token(&granted));
+    }
+    let mut snapshots = 0;
+    for (_, address) in cluster.running() {
+        snapshots += cluster.info(address).await["snapshots_total"];
+    }
+    assert!(snapshots >= 2, "only {snapshots} snapshots were taken");
+
+    // Phase 2: node 3 starts again on its data directory and catches up: every node
+    // applies the same index of every shard, the snapshots having come in chunks.
+    cluster.restart(3).await;
+    cluster.wait_until_settled().await;
+    let info_3 = cluster.info(cluster.nodes[&3].client).await;
+    let chunks = info_3["peer_snapshot_chunks_received_total"];
+    assert!(
+        chunks > info_3["shards"],
+        "only {chunks} snapshot chunks arrived"
+    );
+
+    // Phase 3: node 3 is needed now: with node 1 stopped, nodes 2 and 3 serve every lock
+    // as it was granted.
+    cluster.stop(1).await;
+    cluster.wait_until_settled().await;
+    for (key, held) in &tokens {
+        match cluster.call(&get(key)).await.0 {
+            Response::LockInfo(info) => {
+                assert_eq!(info.owner, "scheduler", "{key}");
+                assert_eq!(info.token, *held, "{key}");
+            }
+            other => panic!("{key}: the acknowledged grant was lost: {other:?}"),
+        }
     }
     cluster.stop_all().await;
 }
