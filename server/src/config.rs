@@ -370,6 +370,7 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:8002".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("kahu-data"));
         assert!(config.shard_count() >= 1);
+        assert_eq!(config.peer_snapshot_chunk_bytes, 8 << 20);
     }
 
     #[test]
@@ -382,6 +383,17 @@ mod tests {
             .contains("--shards 1000"));
         let config = Config::parse_from(["kahu-server", "--waiters-per-lock-max", "0"]);
         assert!(config.validate().is_err());
+        for chunk_bytes in ["1023", "33554433"] {
+            let config =
+                Config::parse_from(["kahu-server", "--peer-snapshot-chunk-bytes", chunk_bytes]);
+            let error = config.validate().unwrap_err().to_string();
+            assert!(
+                error.contains(&format!(
+                    "--peer-snapshot-chunk-bytes {chunk_bytes} is outside 1024..=33554432"
+                )),
+                "{error}"
+            );
+        }
         assert!(Config::try_parse_from(["kahu-server", "--listen", "nowhere"]).is_err());
     }
 

@@ -259,6 +259,29 @@ fn config_listing_itself(address: std::net::SocketAddr) -> PeerConfig {
     config
 }
 
+#[test]
+fn snapshot_chunks_outside_their_range_are_refused_by_the_config() {
+    let address = "127.0.0.1:1".parse().unwrap();
+    let mut config = config(1, CLUSTER, 1, address, &[(2, address)]);
+    for (chunk_bytes, valid) in [
+        (SNAPSHOT_CHUNK_BYTES_MIN - 1, false),
+        (SNAPSHOT_CHUNK_BYTES_MIN, true),
+        (SNAPSHOT_CHUNK_BYTES_MAX, true),
+        (SNAPSHOT_CHUNK_BYTES_MAX + 1, false),
+    ] {
+        config.snapshot_chunk_bytes = chunk_bytes;
+        let result = config.validate();
+        if valid {
+            assert_eq!(result, Ok(()));
+        } else {
+            assert_eq!(
+                result,
+                Err(PeerConfigError::SnapshotChunkBytes(chunk_bytes))
+            );
+        }
+    }
+}
+
 /// The chunks of a snapshot of shard 0 from node 1 to node 2 at `index`, of `length`
 /// bytes, in pieces of `piece` bytes: as a sender cuts them.
 fn snapshot_chunks(index: u64, length: usize, piece: usize) -> Vec<SnapshotChunk> {
