@@ -165,6 +165,11 @@ pub(super) struct Replica {
     snapshot_wanted: bool,
     /// The node is stopping: hand the group over at the end of this turn.
     hand_over_wanted: bool,
+    /// The bytes of the snapshot file at this index, as last sent to a follower; dropped
+    /// once no follower asked for them for a few election timeouts.
+    snapshot_bytes: Option<(u64, Bytes)>,
+    /// Ticks since the cached snapshot bytes were last sent.
+    snapshot_bytes_idle_ticks: u32,
 }
 
 /// How to build a replica.
@@ -253,6 +258,8 @@ impl Replica {
             members_pending: Vec::new(),
             snapshot_wanted: false,
             hand_over_wanted: false,
+            snapshot_bytes: None,
+            snapshot_bytes_idle_ticks: 0,
         })
     }
 
@@ -341,6 +348,12 @@ impl Replica {
         }
         self.raft.tick();
         self.next_tick += self.timing.tick;
+        if self.snapshot_bytes.is_some() {
+            self.snapshot_bytes_idle_ticks += 1;
+            if self.snapshot_bytes_idle_ticks > 4 * self.timing.election_ticks {
+                self.snapshot_bytes = None;
+            }
+        }
         if self.next_tick <= now {
             // Far behind (a long pause): tick once and start counting again from now.
             self.next_tick = now + self.timing.tick;
@@ -816,7 +829,18 @@ impl Replica {
     /// The core keeps only a snapshot's position; its bytes are the snapshot file, read
     /// when a follower needs them.
     /// A snapshot that cannot be read is not sent (the core sends it again later).
-    fn attach_snapshot_data(&self, messages: &mut Vec<raft::Message<Command>>) {
+    /// The file is read once per snapshot and kept (a leader resends a snapshot every
+    /// election timeout while a follower's transfer is unfinished, to each follower that
+    /// needs it), until the next snapshot replaces it.
+    fn attach_snapshot_data(&mut self, messages: &mut Vec<raft::Message<Command>>) {
+        let index = self.wal.snapshot_index();
+        if self
+            .snapshot_bytes
+            .as_ref()
+            .is_some_and(|(cached, _)| *cached != index)
+        {
+            self.snapshot_bytes = None;
+        }
         messages.retain_mut(|message| {
             let raft::MessageBody::InstallSnapshot { snapshot } = &mut message.body else {
                 return true;
@@ -824,9 +848,16 @@ impl Replica {
             if !snapshot.data.is_empty() {
                 return true;
             }
+            self.snapshot_bytes_idle_ticks = 0;
+            if let Some((_, bytes)) = &self.snapshot_bytes {
+                snapshot.data = bytes.clone();
+                return true;
+            }
             match self.wal.snapshot_bytes() {
                 Ok(bytes) => {
-                    snapshot.data = Bytes::from(bytes);
+                    let bytes = Bytes::from(bytes);
+                    snapshot.data = bytes.clone();
+                    self.snapshot_bytes = Some((index, bytes));
                     true
                 }
                 Err(error) => {
