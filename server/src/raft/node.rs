@@ -351,7 +351,7 @@ impl<C: Payload> Raft<C> {
         if self.log.committed() < self.term_start_index {
             return Err(ProposeError::LeaderNotReady);
         }
-        if self.memberships.last().expect("a membership").0 > self.log.committed() {
+        if self.membership_index() > self.log.committed() {
             return Err(ProposeError::MembershipChangePending);
         }
         let snapshot_index = self
@@ -606,9 +606,21 @@ impl<C: Payload> Raft<C> {
             .collect()
     }
 
-    /// Whether this node may start an election: it is a voter.
+    /// Whether this node may start an election: it is a voter, or it was one until a
+    /// change not committed yet as far as it knows (dissertation §4.2.2: such a node may
+    /// still be needed until the change commits). A leader that removed itself and lost
+    /// its leadership (a crash, a higher term) before its removal committed may hold the
+    /// longest log, so the remaining voters, which may lack the removal, cannot win without
+    /// its vote; it campaigns to commit the removal (its own vote does not count: the quorum
+    /// is of its latest membership), and steps down once it is committed.
     pub(super) fn promotable(&self) -> bool {
-        self.membership().contains(self.id)
+        if self.membership().contains(self.id) {
+            return true;
+        }
+        let [.., (_, previous), (index, _)] = self.memberships.as_slice() else {
+            return false;
+        };
+        *index > self.log.committed() && previous.contains(self.id)
     }
 
     pub(super) fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {

@@ -154,3 +154,36 @@ fn a_single_voter_that_forgot_entries_needs_a_snapshot_before_adding_a_voter() {
         .propose_membership(MembershipChange::AddVoter(2, None))
         .expect("with a snapshot covering what was forgotten");
 }
+
+/// Dissertation §4.2.2: a node not in its own latest membership still campaigns while
+/// that membership is not committed. Here the leader of {1, 2} removes itself and
+/// crashes before the removal leaves it: node 2 lacks the removal and cannot win without
+/// node 1's vote, which node 1 withholds (its log is longer). Unless node 1 campaigns to
+/// commit its removal, the group never has a leader again (found by the cluster
+/// simulation, seed 386).
+#[test]
+fn a_leader_that_lost_its_uncommitted_removal_campaigns_to_commit_it() {
+    let mut network = Network::new(2);
+    network.elect(1);
+    network.isolate(1);
+    let removal = network
+        .raft_mut(1)
+        .propose_membership(MembershipChange::RemoveVoter(1))
+        .expect("leader");
+    network.process_ready();
+    network.restart(1);
+    network.heal();
+    network.tick_all(60);
+    assert_eq!(network.leaders(), vec![2]);
+    for id in 1..=2 {
+        let voters: Vec<u64> = network
+            .raft(id)
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(voters, vec![2], "node {id}");
+        assert!(network.raft(id).commit_index() > removal, "node {id}");
+    }
+}
