@@ -202,6 +202,14 @@ impl Cluster {
             .map(|(&id, node)| (id, node.client))
     }
 
+    /// The id of the running node at client address `address`.
+    fn id_of(&self, address: SocketAddr) -> u64 {
+        self.running()
+            .find(|&(_, running)| running == address)
+            .expect("a running node")
+            .0
+    }
+
     async fn stop(&mut self, id: u64) {
         let server = self.nodes.get_mut(&id).unwrap().server.take().unwrap();
         tokio::time::timeout(STEP_TIMEOUT, server.shutdown())
@@ -379,11 +387,7 @@ async fn a_lock_survives_its_leader_and_tokens_keep_growing() {
     cluster.wait_until_settled().await;
 
     // Phase 1: the node that led the lock's shard stops.
-    let leader_id = cluster
-        .running()
-        .find(|&(_, address)| address == leader)
-        .unwrap()
-        .0;
+    let leader_id = cluster.id_of(leader);
     cluster.stop(leader_id).await;
 
     // Phase 2: a new leader serves the persistent lock as it was; the ephemeral one is
@@ -475,11 +479,7 @@ async fn a_stopping_leader_hands_its_shards_over_without_an_election_timeout() {
     let (granted, leader) = cluster.call(&lock("report", "carol", 60_000, 0)).await;
     let held = token(&granted);
     cluster.wait_until_settled().await;
-    let leader_id = cluster
-        .running()
-        .find(|&(_, address)| address == leader)
-        .unwrap()
-        .0;
+    let leader_id = cluster.id_of(leader);
     cluster.stop(leader_id).await;
 
     let stopped = Instant::now();

@@ -84,6 +84,11 @@ impl Membership {
         self.voters.contains(&id)
     }
 
+    /// Whether `id` is the one and only voter: its own vote and log are a quorum.
+    pub fn is_only(&self, id: NodeId) -> bool {
+        self.voters.len() == 1 && self.contains(id)
+    }
+
     /// How many voters make a majority.
     pub fn quorum(&self) -> usize {
         self.voters.len() / 2 + 1

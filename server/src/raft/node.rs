@@ -466,7 +466,7 @@ impl<C: Payload> Raft<C> {
     pub fn forget_applied_entries(&mut self, index: u64) {
         self.assert_not_in_ready();
         assert!(
-            self.membership().voters.len() == 1 && self.membership().contains(self.id),
+            self.membership().is_only(self.id),
             "entries are forgotten only in a one-voter group"
         );
         let index = index.min(self.log.applied()).min(self.log.persisted());

@@ -272,7 +272,7 @@ impl ShardSet {
                 .enumerate()
                 .map(|(id, shard)| {
                     let membership = shard.contents.membership(&settings.founding);
-                    let alone = membership.voters.len() == 1 && membership.contains(settings.node);
+                    let alone = membership.is_only(settings.node);
                     let parts = ReplicaParts {
                         shard: id,
                         node: settings.node,

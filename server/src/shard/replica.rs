@@ -273,7 +273,7 @@ impl Replica {
         // applied; once this node leads, its leases start in full then.
         self.rebuild_table();
         let membership = self.raft.membership();
-        if membership.voters.len() == 1 && membership.contains(self.raft.id()) {
+        if membership.is_only(self.raft.id()) {
             self.raft.campaign_now();
         }
         let mut output = Output::default();
@@ -730,7 +730,7 @@ impl Replica {
     fn forget_applied_entries(&mut self) {
         const FORGET_BATCH_ENTRIES: u64 = 1024;
         let membership = self.raft.membership();
-        let alone = membership.voters.len() == 1 && membership.contains(self.raft.id());
+        let alone = membership.is_only(self.raft.id());
         let applied = self.raft.applied_index();
         if alone && self.is_serving() && applied >= self.raft.first_index() + FORGET_BATCH_ENTRIES {
             self.raft.forget_applied_entries(applied);
@@ -743,7 +743,7 @@ impl Replica {
         // Alone only as the one voter: a leader that removed itself from a group of two
         // must still have the other confirm it leads.
         let membership = self.raft.membership();
-        let alone = membership.voters.len() == 1 && membership.contains(self.raft.id());
+        let alone = membership.is_only(self.raft.id());
         if replies.is_empty() || alone || !self.serving {
             send(replies);
             return;

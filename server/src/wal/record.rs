@@ -258,13 +258,10 @@ fn decode_entry_kind(src: &mut &[u8]) -> Result<EntryKind<Command>, EntryDecodeE
             Ok(EntryKind::Membership(membership))
         }
         KIND_MEMBERSHIP_VOTERS => {
-            let mut cursor = Cursor(&src[1..]);
-            let voters = decode_voters(&mut cursor)?;
-            *src = cursor.0;
-            Ok(EntryKind::Membership(Membership {
-                voters,
-                addresses: Default::default(),
-            }))
+            let mut rest = &src[1..];
+            let membership = decode_voters_only(&mut rest)?;
+            *src = rest;
+            Ok(EntryKind::Membership(membership))
         }
         KIND_GRANT | KIND_RELEASE | KIND_EXTEND => decode_command(src)
             .map(EntryKind::Command)
@@ -334,6 +331,18 @@ pub(crate) fn decode_membership(src: &mut &[u8]) -> Result<Membership, EntryDeco
     }
     *src = cursor.0;
     Ok(Membership { voters, addresses })
+}
+
+/// Decodes a membership of voters only (`n u16 | n x node id u64`, as log kind 5 and
+/// KAHUSNP2 snapshots hold it) from the front of `src` and advances past it.
+pub(crate) fn decode_voters_only(src: &mut &[u8]) -> Result<Membership, EntryDecodeError> {
+    let mut cursor = Cursor(src);
+    let voters = decode_voters(&mut cursor)?;
+    *src = cursor.0;
+    Ok(Membership {
+        voters,
+        addresses: Default::default(),
+    })
 }
 
 /// Decodes `n u16 | n x node id u64`, strictly ascending and none 0.

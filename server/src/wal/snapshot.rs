@@ -19,7 +19,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use super::record::{decode_membership, encode_membership, VOTERS_MAX};
+use super::record::{decode_membership, decode_voters_only, encode_membership};
 use crate::raft::Membership;
 
 const MAGIC: &[u8; 8] = b"KAHUSNP3";
@@ -83,22 +83,7 @@ impl Snapshot {
         let last_term = body.get_u64_le();
         let membership = match &magic {
             MAGIC => decode_membership(&mut body).ok()?,
-            MAGIC_V2 => {
-                if body.remaining() < 2 {
-                    return None;
-                }
-                let voter_count = body.get_u16_le() as usize;
-                if body.remaining() < voter_count * 8 {
-                    return None;
-                }
-                let voters: Vec<u64> = (0..voter_count).map(|_| body.get_u64_le()).collect();
-                // One encoding, as the log's: strictly ascending, none 0, at most voters_max.
-                let ascending = voters.windows(2).all(|pair| pair[0] < pair[1]);
-                if voter_count > VOTERS_MAX || !ascending || voters.contains(&0) {
-                    return None;
-                }
-                Membership::new(voters)
-            }
+            MAGIC_V2 => decode_voters_only(&mut body).ok()?,
             MAGIC_V1 => Membership::default(),
             _ => return None,
         };
